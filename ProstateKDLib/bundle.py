@@ -87,7 +87,7 @@ class ModelBundle:
             raise BundleError(f"{self.path}: cannot read weights {name!r}: {_first_line(exc)}") from None
         if not isinstance(state, Mapping):
             raise BundleError(f"{self.path}: weights {name!r} hold no state dict")
-        return dict(state.get("state_dict", state)) if "state_dict" in state else dict(state)
+        return dict(state["state_dict"]) if "state_dict" in state else dict(state)
 
     def build_network(self) -> Any:
         """Build the network named in ``model.json`` and load its weights (CPU, eval mode)."""

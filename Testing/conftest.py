@@ -1,0 +1,123 @@
+"""Shared fixtures: tiny model bundles and oblique, anisotropic test volumes."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TINY_NETWORK = {"name": "unet", "kwargs": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}}
+
+MODEL_JSON: dict[str, Any] = {
+    "format_version": 1,
+    "name": "tiny-test-model",
+    "version": "0.0.1",
+    "description": "random weights, for tests only",
+    "network": TINY_NETWORK,
+    "weights": "model.safetensors",
+    "input": {
+        "channels": ["T2"],
+        "orientation": "RAS",
+        "spacing": [1.0, 1.0, 3.0],
+        "patch_size": [32, 32, 16],
+        "normalization": {"name": "zscore", "clip_percentiles": [0.5, 99.5]},
+    },
+    "inference": {"overlap": 0.25, "blend_mode": "gaussian", "sw_batch_size": 2},
+    "labels": [
+        {
+            "value": 1,
+            "name": "Prostate",
+            "color": [0.85, 0.65, 0.55],
+            "terminology": {
+                "category": ["SCT", "123037004", "Anatomical Structure"],
+                "type": ["SCT", "41216001", "Prostate"],
+            },
+        }
+    ],
+    "postprocessing": {"largest_component": True, "volume_ml_range": [5, 250]},
+    "license": "Apache-2.0",
+    "provenance": {
+        "training_data": "none (random weights)",
+        "method": "none",
+        "teachers": [],
+        "validation_dice": None,
+        "date": "2026-11-22",
+    },
+}
+
+
+@pytest.fixture
+def model_json() -> dict[str, Any]:
+    """A fresh deep copy of a valid ``model.json`` for a tiny UNet."""
+    return copy.deepcopy(MODEL_JSON)
+
+
+def make_bundle(outdir: Path, data: dict[str, Any] | None = None, seed: int = 0) -> Any:
+    """Write a bundle with random (seeded) weights for ``data`` (default MODEL_JSON)."""
+    import torch
+
+    from ProstateKDLib.bundle import save_bundle
+    from ProstateKDLib.networks import build_network
+
+    data = copy.deepcopy(data or MODEL_JSON)
+    torch.manual_seed(seed)
+    kwargs = {"in_channels": 1, "out_channels": 2, **data["network"]["kwargs"]}
+    network = build_network(data["network"]["name"], kwargs)
+    return save_bundle(outdir, data, network.state_dict())
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A valid bundle folder with random weights (session-wide, read-only use)."""
+    return make_bundle(tmp_path_factory.mktemp("bundles") / "tiny-test-model")
+
+
+def oblique_direction(angle_deg: float = 20.0, axis: tuple[float, float, float] = (0.3, 1.0, 0.5),
+                      permute: bool = True) -> np.ndarray:
+    """A rotation about ``axis`` combined with an axis flip and permutation: oblique and non-RAS."""
+    from scipy.spatial.transform import Rotation
+
+    rotation = Rotation.from_rotvec(np.radians(angle_deg) * np.asarray(axis) / np.linalg.norm(axis)).as_matrix()
+    flip = np.diag([1.0, -1.0, 1.0])
+    direction = rotation @ flip
+    if permute:
+        direction = direction[:, [1, 0, 2]]
+    return direction
+
+
+@pytest.fixture
+def make_volume() -> Callable[..., Any]:
+    """Factory for oblique, anisotropic SimpleITK volumes with a bright ellipsoid."""
+    import SimpleITK as sitk
+
+    def factory(size=(48, 40, 12), spacing=(0.5, 0.6, 3.0), origin=(12.5, -40.0, 7.0),
+                direction=None, seed: int = 0) -> Any:
+        rng = np.random.default_rng(seed)
+        x, y, z = size
+        kk, jj, ii = np.meshgrid(np.arange(z), np.arange(y), np.arange(x), indexing="ij")
+        inside = ((ii - x / 2) / (x / 4)) ** 2 + ((jj - y / 2) / (y / 4)) ** 2 + ((kk - z / 2) / (z / 3)) ** 2 < 1
+        array = (100 + 200 * inside + rng.normal(0, 10, inside.shape)).astype(np.float32)
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(spacing)
+        image.SetOrigin(origin)
+        direction = oblique_direction() if direction is None else np.asarray(direction)
+        image.SetDirection(direction.ravel().tolist())
+        return image
+
+    return factory
+
+
+def assert_same_geometry(a: Any, b: Any, tol: float = 1e-5) -> None:
+    """Size, spacing, origin and direction of two SimpleITK images agree."""
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=tol)
