@@ -10,19 +10,25 @@ import numpy as np
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep only the largest 3D connected component (26-connectivity) of each label.
 
-    Uses MONAI's ``KeepLargestConnectedComponent``; an empty mask stays empty.
+    Uses ``scipy.ndimage.label`` (MONAI's transform would add scikit-image as a
+    dependency for the same result); an empty mask stays empty.
     """
-    import torch
-    from monai.transforms import KeepLargestConnectedComponent
+    from scipy import ndimage
 
     if mask.ndim != 3:
         raise ValueError(f"mask must be 3D, got shape {mask.shape}")
-    labels = [int(v) for v in np.unique(mask) if v != 0]
-    if not labels:
-        return mask
-    transform = KeepLargestConnectedComponent(applied_labels=labels, is_onehot=False, connectivity=3)
-    out = transform(torch.from_numpy(mask[None].astype(np.int16)))
-    return np.asarray(out[0]).astype(mask.dtype)
+    out = np.zeros_like(mask)
+    structure = np.ones((3, 3, 3), dtype=bool)
+    for value in np.unique(mask):
+        if value == 0:
+            continue
+        components, count = ndimage.label(mask == value, structure=structure)
+        if count == 0:
+            continue
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        out[components == int(sizes.argmax())] = value
+    return out
 
 
 def mask_volume_ml(mask: np.ndarray, spacing: Sequence[float]) -> float:

@@ -43,7 +43,7 @@ def spatial_transform(orientation: str, spacing: Sequence[float], mode: str = "b
 
     return Compose(
         [
-            Orientation(axcodes=orientation),
+            Orientation(axcodes=orientation, labels=None),
             Spacing(pixdim=tuple(float(s) for s in spacing), mode=mode, padding_mode="border"),
         ]
     )
@@ -102,11 +102,9 @@ def invert_prediction(prediction: Any, reference: Any, transform: Any) -> Any:
         transform: the spatial transform returned by :func:`preprocess_image`.
     """
     from monai.data import MetaTensor
-    from monai.transforms.utils import allow_missing_keys_mode  # noqa: F401  (keeps import errors early)
 
     pred = MetaTensor(
         prediction.as_tensor() if hasattr(prediction, "as_tensor") else prediction,
-        affine=reference.affine,
         meta=dict(reference.meta),
         applied_operations=list(reference.applied_operations),
     )
