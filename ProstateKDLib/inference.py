@@ -87,8 +87,8 @@ class Segmenter:
 
         from .device import resolve_device
 
-        self.bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
         self.device = resolve_device(device)
+        self.bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
         if num_threads is not None:
             if num_threads < 1:
                 raise ValueError(f"num_threads must be >= 1, got {num_threads}")
