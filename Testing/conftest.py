@@ -35,7 +35,7 @@ MODEL_JSON: dict[str, Any] = {
         {
             "value": 1,
             "name": "Prostate",
-            "color": [0.85, 0.65, 0.55],
+            "color": [0.902, 0.62, 0.549],
             "terminology": {
                 "category": ["SCT", "123037004", "Anatomical Structure"],
                 "type": ["SCT", "41216001", "Prostate"],
