@@ -1,0 +1,134 @@
+"""Export a training run as a model bundle (``model.json`` + safetensors weights)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any
+
+from ProstateKDLib.errors import ConfigError, OutputError
+
+from .config import Config, load_config
+from .train import BLEND_MODE, INFERENCE_OVERLAP
+
+CHECKPOINTS = ("best", "last")
+VOLUME_ML_RANGE = [5, 250]
+
+
+def prostate_label() -> dict[str, Any]:
+    """The one output label: value 1, Slicer's prostate colour and SNOMED CT terminology."""
+    from ProstateKDLib.seg_nrrd import PROSTATE_COLOR
+    from ProstateKDLib.terminology import PROSTATE_TERMINOLOGY
+
+    return {
+        "value": 1,
+        "name": "Prostate",
+        "color": [round(c, 4) for c in PROSTATE_COLOR],
+        "terminology": {k: list(v) for k, v in PROSTATE_TERMINOLOGY.items()},
+    }
+
+
+def describe_method(config: Config) -> str:
+    """One line naming the distiller and its weighted loss terms."""
+    from ProstateKDLib.distillers import DISTILLERS
+
+    cls = DISTILLERS.get(config.distiller.name)
+    weights = {**cls.default_weights, **config.distiller.weights}
+    losses = " + ".join(f"{weights[name]:g}*{name}" for name in cls.loss_names)
+    kind = "supervised student, no distillation" if config.distiller.name == "none" else "knowledge distillation"
+    return f"distiller '{config.distiller.name}' ({kind}); loss {losses}"
+
+
+def build_model_json(config: Config, epoch: int, epochs_trained: int, validation_dice: float | None,
+                     parameters: int, git: dict[str, Any] | None) -> dict[str, Any]:
+    """``model.json`` (format 1) of a run, from its config and the exported checkpoint.
+
+    Raises:
+        ConfigError: the model has more than one input channel (only T2 is supported).
+    """
+    from ProstateKDLib import __version__
+
+    if config.model.in_channels != 1:
+        raise ConfigError(
+            f"config {config.source}: key 'model.in_channels' is {config.model.in_channels}; "
+            "export supports single-channel (T2) models only"
+        )
+    pre = config.preprocessing
+    return {
+        "format_version": 1,
+        "name": config.export.name,
+        "version": config.export.version,
+        "description": config.export.description,
+        "network": {"name": config.model.network, "kwargs": dict(config.model.kwargs)},
+        "weights": "model.safetensors",
+        "input": {
+            "channels": ["T2"],
+            "orientation": pre.orientation,
+            "spacing": list(pre.spacing),
+            "patch_size": list(pre.patch_size),
+            "normalization": pre.normalization.as_dict(),
+        },
+        "inference": {"overlap": INFERENCE_OVERLAP, "blend_mode": BLEND_MODE, "sw_batch_size": 1},
+        "labels": [prostate_label()],
+        "postprocessing": {"largest_component": True, "volume_ml_range": list(VOLUME_ML_RANGE)},
+        "license": config.export.license,
+        "provenance": {
+            "training_data": config.export.training_data,
+            "method": describe_method(config),
+            "teachers": [],
+            "validation_dice": None if validation_dice is None else round(float(validation_dice), 4),
+            "validation": "mean Dice of the gland on the validation cases, model grid, "
+            "sliding window, no postprocessing",
+            "date": _dt.date.today().isoformat(),
+            "epochs_trained": epochs_trained,
+            "checkpoint_epoch": epoch,
+            "git_commit": (git or {}).get("commit"),
+            "software_version": f"prostatekd {__version__}",
+            "parameters": parameters,
+        },
+    }
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    outdir: str | os.PathLike,
+    checkpoint: str = "best",
+    overwrite: bool = False,
+) -> Any:
+    """Write the bundle of a run's ``best`` or ``last`` checkpoint to ``outdir``.
+
+    Returns:
+        the saved :class:`~ProstateKDLib.bundle.ModelBundle` (loaded back and checked).
+
+    Raises:
+        OutputError: no run there, checkpoint missing, or ``outdir`` exists without ``overwrite``.
+        ConfigError: the run's ``config.yaml`` is invalid.
+    """
+    import json
+
+    from ProstateKDLib.bundle import save_bundle
+    from ProstateKDLib.networks import build_network, count_parameters
+
+    from .checkpoint import BEST, LAST, load_checkpoint
+
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    run_dir = Path(run_dir).expanduser()
+    if not (run_dir / "config.yaml").is_file():
+        raise OutputError(f"{run_dir} is not a training run: config.yaml is missing")
+    config = load_config(run_dir / "config.yaml")
+    last = load_checkpoint(run_dir / LAST)
+    best = load_checkpoint(run_dir / BEST) if (run_dir / BEST).is_file() else None
+    if checkpoint == "best" and best is None:
+        raise OutputError(f"checkpoint not found: {run_dir / BEST}")
+    chosen = best if checkpoint == "best" else last
+    assert chosen is not None
+    history = last.get("history") or []
+    epoch = int(chosen["epoch"])
+    dice = next((row.get("val_dice") for row in history if row.get("epoch") == epoch), chosen.get("val_dice"))
+    network = build_network(config.model.network, config.model.network_kwargs())
+    run_json = run_dir / "run.json"
+    git = json.loads(run_json.read_text(encoding="utf-8")).get("git") if run_json.is_file() else None
+    model_json = build_model_json(config, epoch, int(last["epoch"]), dice, count_parameters(network), git)
+    return save_bundle(outdir, model_json, chosen["model"], overwrite=overwrite)

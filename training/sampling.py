@@ -1,0 +1,116 @@
+"""Random training patches from preprocessed volumes held in memory.
+
+Patch centres are drawn with MONAI's ``RandCropByPosNegLabel`` (a
+``positive_fraction`` of them inside the gland), then lightly augmented:
+a left-right flip (axis 0 of a RAS volume) and an intensity scale and
+shift. All randomness comes from one ``numpy`` generator whose state is part
+of a checkpoint, so a resumed run draws exactly the patches an uninterrupted
+one would.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FLIP_PROBABILITY = 0.5
+SCALE_RANGE = (0.9, 1.1)
+SHIFT_RANGE = (-0.1, 0.1)
+INTENSITY_PROBABILITY = 0.5
+MAX_BACKGROUND_INDICES = 200_000
+
+
+def pad_to(tensor: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Pad a (C, X, Y, Z) tensor symmetrically to at least ``size`` by edge replication.
+
+    Replication matches the ``replicate`` padding of sliding-window inference.
+    """
+    pads: list[int] = []
+    for have, want in reversed(list(zip(tensor.shape[1:], size))):
+        extra = max(0, int(want) - int(have))
+        pads += [extra // 2, extra - extra // 2]
+    if not any(pads):
+        return tensor
+    return F.pad(tensor[None].float(), pads, mode="replicate")[0].to(tensor.dtype)
+
+
+class PatchSampler:
+    """Draws augmented (image, label) patch batches from in-memory volumes.
+
+    Args:
+        volumes: ``(image (1, X, Y, Z) float, label (1, X, Y, Z) uint8)`` pairs.
+        patch_size: (x, y, z) voxels of a patch.
+        positive_fraction: share of patches centred on gland voxels.
+        seed: seed of the sampling generator.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        patch_size: Sequence[int],
+        positive_fraction: float,
+        seed: int | Sequence[int],
+    ) -> None:
+        from monai.transforms import RandCropByPosNegLabel
+        from monai.transforms.utils import map_binary_to_indices
+
+        if not volumes:
+            raise ValueError("PatchSampler needs at least one volume")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.rng = np.random.default_rng(seed)
+        self._volumes: list[tuple[torch.Tensor, torch.Tensor, Any, Any]] = []
+        for image, label in volumes:
+            stacked = pad_to(torch.cat([image.float(), label.float()]), self.patch_size)
+            fg, bg = map_binary_to_indices(stacked[1:] > 0.5)
+            bg = bg[:: max(1, len(bg) // MAX_BACKGROUND_INDICES)]  # evenly thinned: less memory
+            self._volumes.append((stacked, stacked[1:], fg, bg))
+        self._cropper = RandCropByPosNegLabel(
+            spatial_size=self.patch_size,
+            pos=positive_fraction,
+            neg=1.0 - positive_fraction,
+            num_samples=1,
+        )
+
+    def __len__(self) -> int:
+        return len(self._volumes)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator state (plain ints and strings)."""
+        return dict(self.rng.bit_generator.state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the generator state saved by :meth:`state_dict`."""
+        self.rng.bit_generator.state = state
+
+    def iterations(self, patches_per_volume: int, batch_size: int) -> int:
+        """Batches per epoch."""
+        return -(-len(self._volumes) * patches_per_volume // batch_size)
+
+    def patch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One augmented (image (1, x, y, z), label (1, x, y, z)) patch of volume ``index``."""
+        stacked, label, fg, bg = self._volumes[index]
+        self._cropper.set_random_state(seed=int(self.rng.integers(2**31)))
+        crop = self._cropper(stacked, label=label, fg_indices=fg, bg_indices=bg)[0]
+        crop = crop.as_tensor() if hasattr(crop, "as_tensor") else crop
+        if self.rng.random() < FLIP_PROBABILITY:
+            crop = torch.flip(crop, dims=[1])
+        image, target = crop[:1].clone(), crop[1:]
+        if self.rng.random() < INTENSITY_PROBABILITY:
+            image *= float(self.rng.uniform(*SCALE_RANGE))
+        if self.rng.random() < INTENSITY_PROBABILITY:
+            image += float(self.rng.uniform(*SHIFT_RANGE))
+        return image, (target > 0.5).to(torch.uint8)
+
+    def epoch(self, patches_per_volume: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``(B, 1, x, y, z)`` image and uint8 label for one epoch.
+
+        Every volume gives ``patches_per_volume`` patches, in shuffled order;
+        the last batch may be smaller.
+        """
+        order = self.rng.permutation(np.repeat(np.arange(len(self._volumes)), patches_per_volume))
+        for start in range(0, len(order), batch_size):
+            patches = [self.patch(int(i)) for i in order[start : start + batch_size]]
+            yield torch.stack([p[0] for p in patches]), torch.stack([p[1] for p in patches])
