@@ -252,6 +252,7 @@ def save_bundle(
         (tmp / meta.weights).write_bytes(save_safetensors(tensors))
         (tmp / "model.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         load_bundle(tmp).build_network()  # refuses weights that do not match
+        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         if outdir.exists():
             shutil.rmtree(outdir)
         os.replace(tmp, outdir)

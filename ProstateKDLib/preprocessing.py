@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+PERCENTILE_SAMPLE = 200_000
 
 
 def lps_affine(image: Any) -> np.ndarray:
@@ -61,10 +62,12 @@ def normalize_intensity(tensor: Any, normalization: Mapping[str, Any]) -> Any:
     data = tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
     clip = normalization.get("clip_percentiles")
     if clip:
+        # Percentiles of a regular sub-sample (about 200k voxels) are as good as
+        # those of the whole volume for clipping, and ten times cheaper.
         flat = data.reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 1_000_000)].float()
-        low, high = torch.quantile(sample, torch.tensor([clip[0] / 100.0, clip[1] / 100.0]))
-        data = data.clamp(low, high)
+        sample = flat[:: max(1, flat.numel() // PERCENTILE_SAMPLE)].float().cpu().numpy()
+        low, high = np.percentile(sample, [clip[0], clip[1]])
+        data = data.clamp(float(low), float(high))
     mean, std = data.mean(), data.std()
     out = (data - mean) / (std if std > 0 else 1.0)
     if hasattr(tensor, "as_tensor"):
