@@ -40,10 +40,15 @@ def worker(args: argparse.Namespace) -> None:
     import resource
 
     start = time.perf_counter()
+    import monai.inferers  # noqa: F401  (MONAI imports lazily otherwise; count it here)
+    import monai.transforms  # noqa: F401
+    import SimpleITK  # noqa: F401
     import torch
 
     from ProstateKDLib.inference import Segmenter
+    from ProstateKDLib.memory import use_mmap_for_large_blocks
 
+    use_mmap_for_large_blocks()  # as the prostatekd command does
     torch.set_num_threads(args.threads)
     import_seconds = time.perf_counter() - start
     start = time.perf_counter()
@@ -92,18 +97,22 @@ def run_worker(args: argparse.Namespace, input_path: Path, workdir: Path) -> dic
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def time_cli(args: argparse.Namespace, input_path: Path, workdir: Path) -> float:
-    """Wall time of one whole ``prostatekd segment`` command in a fresh process."""
+def time_cli(args: argparse.Namespace, input_path: Path, workdir: Path) -> tuple[float, float]:
+    """Wall time and peak RSS (MB) of one whole ``prostatekd segment`` command in a fresh process."""
+    import resource
+
     command = [sys.executable, "-m", "ProstateKDLib.cli", "segment", str(input_path),
                str(workdir / "cli_mask.nii.gz"), "--overwrite", "--threads", str(args.threads),
                "--device", args.device] + (["--model", args.model] if args.model else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, env=env, cwd=ROOT)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    # the largest peak of any child so far: the CLI is by far the largest one
+    return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def summarize(raw: dict, cli_seconds: float, args: argparse.Namespace) -> dict:
+def summarize(raw: dict, cli: tuple[float, float], args: argparse.Namespace) -> dict:
     cold, warm = raw["runs"][0], raw["runs"][1:] or raw["runs"][:1]
     median = {key: statistics.median(run[key] for run in warm) for key in (*STAGES, "total")}
     return {
@@ -120,7 +129,8 @@ def summarize(raw: dict, cli_seconds: float, args: argparse.Namespace) -> dict:
         "cold_first_run_s": {key: cold[key] for key in (*STAGES, "total")},
         "import_s": raw["import_s"],
         "model_load_s": raw["model_load_s"],
-        "cli_wall_s": cli_seconds,
+        "cli_wall_s": cli[0],
+        "cli_peak_rss_mb": cli[1],
         "peak_rss_mb": raw["peak_rss_mb"],
         "baseline_rss_mb_after_imports_and_model": raw["baseline_rss_mb"],
         "volume_ml": cold["volume_ml"],
@@ -140,8 +150,9 @@ def print_table(result: dict) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, width)))
     print(f"imports {result['import_s']:.2f} s, model load {result['model_load_s']:.2f} s, "
           f"whole CLI command {result['cli_wall_s']:.2f} s")
-    print(f"peak RSS {result['peak_rss_mb']:.0f} MB "
-          f"(after imports and model load {result['baseline_rss_mb_after_imports_and_model']:.0f} MB)")
+    print(f"peak RSS {result['peak_rss_mb']:.0f} MB over {result['repeats'] + 1} runs "
+          f"(after imports and model load {result['baseline_rss_mb_after_imports_and_model']:.0f} MB); "
+          f"whole CLI command {result['cli_peak_rss_mb']:.0f} MB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         input_path = make_input(workdir, args.size, args.spacing)
         raw = run_worker(args, input_path, workdir)
-        cli_seconds = time_cli(args, input_path, workdir)
-    result = summarize(raw, cli_seconds, args)
+        cli = time_cli(args, input_path, workdir)
+    result = summarize(raw, cli, args)
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
