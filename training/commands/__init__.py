@@ -1,0 +1,1 @@
+"""One module per training subcommand, each with ``add_parser(subparsers)``."""

@@ -1,0 +1,30 @@
+"""``prostatekd export``: write a model bundle from a training run."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``export``."""
+    export = subparsers.add_parser(
+        "export",
+        help="export a training run as a model bundle",
+        description="Write model.json and model.safetensors for a run's best (or last) checkpoint.",
+    )
+    export.add_argument("run_dir", help="training run folder")
+    export.add_argument("outdir", help="bundle folder to write")
+    export.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    export.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``export``."""
+    from ..export import export_run
+
+    bundle = export_run(args.run_dir, args.outdir, checkpoint=args.checkpoint, overwrite=args.overwrite)
+    dice = bundle.meta.provenance.get("validation_dice")
+    print(f"exported {bundle.meta.name} {bundle.meta.version} to {bundle.path} (validation Dice {dice})")
+    return 0
