@@ -56,8 +56,8 @@ def write_dicom_series(image: sitk.Image, folder) -> None:
         writer.Execute(slice_)
 
 
-@pytest.mark.parametrize("in_suffix", [".nii.gz", ".nrrd", ".mha", "dicom"])
-@pytest.mark.parametrize("out_suffix", [".nii.gz", ".nrrd", ".seg.nrrd"])
+@pytest.mark.parametrize("in_suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", "dicom"])
+@pytest.mark.parametrize("out_suffix", [".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha"])
 def test_segment_keeps_input_geometry(run, tmp_path, make_volume, in_suffix, out_suffix):
     image = make_volume(size=(40, 36, 10))
     if in_suffix == "dicom":
