@@ -2,7 +2,10 @@
 
 The multi-site layout is ``<root>/<SITE>/CaseNN.nii.gz`` with its label
 ``CaseNN_segmentation.nii.gz`` (``_Segmentation`` is accepted too); a CSV with
-columns ``image,label[,site]`` can list cases anywhere instead. Labels hold
+columns ``image,label[,site]`` can list cases anywhere instead; a Medical
+Segmentation Decathlon folder (``dataset.json``) is read by
+:mod:`~ProstateKDLib.dataset_msd`, cases saved from Slicer into a
+``dataset_index.csv`` by :mod:`~ProstateKDLib.dataset_saved`. Labels hold
 0 = background and 1 or 2 (zones), both merged to 1 = gland. Every problem
 with the data raises :class:`~ProstateKDLib.errors.DataError` naming the case.
 Cases are preprocessed with exactly the functions inference uses
@@ -15,7 +18,7 @@ from __future__ import annotations
 import csv
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -33,12 +36,17 @@ _DIRECTION_ATOL = 1e-4
 
 @dataclass(frozen=True)
 class CaseRecord:
-    """One labelled case: ``case_id`` such as ``"RUNMC/Case00"``, its site and files."""
+    """One labelled case: ``case_id`` such as ``"RUNMC/Case00"``, its site and files.
+
+    ``channel`` picks one channel of a multi-channel image (for example T2 of the
+    4D T2+ADC Decathlon volumes); ``None`` for plain 3D images.
+    """
 
     case_id: str
     site: str
     image: Path
     label: Path
+    channel: int | None = None
 
 
 def _suffix(name: str) -> str | None:
@@ -129,11 +137,33 @@ def read_case_csv(path: str | os.PathLike) -> list[CaseRecord]:
     return records
 
 
-def index_cases(source: str | os.PathLike) -> list[CaseRecord]:
-    """Cases of a multi-site folder, or of a ``.csv`` case list."""
+def index_cases(source: str | os.PathLike, channel: int | None = None) -> list[CaseRecord]:
+    """Cases of a ``.csv`` case list, a Decathlon folder or a multi-site folder.
+
+    * ``*.csv``: :func:`read_case_csv`;
+    * a folder with ``dataset.json``: the Medical Segmentation Decathlon layout
+      (:func:`~ProstateKDLib.dataset_msd.index_msd`; ``channel`` defaults to T2);
+    * any other folder: :func:`index_multisite`, plus the cases listed in its
+      ``dataset_index.csv`` (cases saved from Slicer) that the folder scan did
+      not find (:func:`~ProstateKDLib.dataset_saved.index_multisite_root`).
+
+    ``channel`` (when given) is set on every case.
+    """
+    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int) or channel < 0):
+        raise ValueError(f"channel must be a non-negative int or None, got {channel!r}")
     if str(source).lower().endswith(".csv"):
-        return read_case_csv(source)
-    return index_multisite(source)
+        records = read_case_csv(source)
+    else:
+        from .dataset_msd import MSD_DESCRIPTOR, index_msd
+
+        if (Path(source).expanduser() / MSD_DESCRIPTOR).is_file():
+            return index_msd(source, channel=channel)
+        from .dataset_saved import index_multisite_root
+
+        records = index_multisite_root(source)
+    if channel is not None:
+        records = [replace(r, channel=channel) for r in records]
+    return records
 
 
 def limit_cases(cases: Sequence[CaseRecord], limit: int | None) -> list[CaseRecord]:
@@ -191,7 +221,7 @@ def _read_image(record: CaseRecord) -> Any:
 
     try:
         if read_volume is not None:
-            return read_volume(record.image)
+            return read_volume(record.image, channel=record.channel)
         return sitk.Cast(sitk.ReadImage(str(record.image)), sitk.sitkFloat32)
     except InputError as exc:
         raise DataError(f"case {record.case_id}: {exc}") from None
@@ -251,6 +281,53 @@ def gland_mask(record: CaseRecord, label: Any) -> np.ndarray:
         shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
         raise DataError(f"case {record.case_id}: label values must be 0, 1 or 2, found {shown}")
     return (array > 0).astype(np.uint8)
+
+
+def read_case(record: CaseRecord, keep_zones: bool = False) -> tuple[Any, Any]:
+    """Read and check one case on its original grid, without resampling.
+
+    Returns:
+        ``(image, label)``: the float32 image (``record.channel`` selected) and a
+        uint8 label with the image's geometry: 0/1 gland, or the zone values
+        0/1/2 as stored when ``keep_zones`` is true.
+
+    Raises:
+        DataError: unreadable files, geometry mismatch or label values outside {0, 1, 2}
+            (the messages of :func:`check_geometry` and :func:`gland_mask`).
+    """
+    import SimpleITK as sitk
+
+    image = _read_image(record)
+    label = _read_label(record)
+    check_geometry(record, image, label)
+    mask = gland_mask(record, label)
+    if keep_zones:
+        mask = sitk.GetArrayFromImage(label).astype(np.uint8)
+    result = sitk.GetImageFromArray(mask)
+    result.CopyInformation(image)
+    return image, result
+
+
+def check_case(record: CaseRecord) -> dict[str, Any]:
+    """Read and check one case as training and evaluation will; a short summary of it.
+
+    Returns:
+        ``size``, ``spacing_mm``, ``label_values`` (values present) and ``gland_ml``.
+
+    Raises:
+        DataError: as :func:`read_case`.
+    """
+    import SimpleITK as sitk
+
+    image, label = read_case(record, keep_zones=True)
+    array = sitk.GetArrayViewFromImage(label)
+    spacing = image.GetSpacing()
+    return {
+        "size": list(image.GetSize()),
+        "spacing_mm": [float(v) for v in spacing],
+        "label_values": [int(v) for v in np.unique(array)],
+        "gland_ml": float(np.count_nonzero(array)) * float(np.prod(spacing)) / 1000.0,
+    }
 
 
 def load_case(

@@ -1,0 +1,169 @@
+"""Cases saved from Slicer: ``<root>/dataset_index.csv`` next to the multi-site folders.
+
+The Slicer module's "save as training case" writes the image and the
+corrected mask into a multi-site data folder and appends a row to
+``<root>/dataset_index.csv`` with the columns ``case_id, site, image, label,
+source, added`` (paths relative to ``<root>`` or absolute; ``source`` says
+where the case came from, ``added`` when, as ISO 8601; an optional ``channel``
+column is read too). :func:`index_multisite_root` joins those rows to the
+folder scan; a row whose image the scan already found is not listed twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .dataset import CaseRecord, _suffix, index_multisite
+from .errors import DataError, OutputError
+
+SAVED_INDEX = "dataset_index.csv"
+SAVED_COLUMNS = ("case_id", "site", "image", "label", "source", "added")
+_REQUIRED = ("case_id", "site", "image", "label")
+
+
+def read_saved_cases(path: str | os.PathLike) -> list[tuple[int, CaseRecord]]:
+    """``(line, record)`` for each row of a ``dataset_index.csv`` (paths relative to its folder).
+
+    Raises:
+        DataError: ``dataset_index.csv: missing column 'site' (columns: case_id,site,image,label,source,added)``;
+            ``dataset_index.csv line <n>: case_id, site, image and label must all be given``;
+            ``dataset_index.csv line <n>: channel must be a non-negative integer, got 'x'``;
+            ``dataset_index.csv line <n>: duplicate case <id>``;
+            ``case <id>: image file not found: <path>`` (or ``label file``).
+    """
+    path = Path(path).expanduser()
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    missing = [c for c in _REQUIRED if c not in columns]
+    if missing:
+        raise DataError(f"{path.name}: missing column '{missing[0]}' (columns: {','.join(SAVED_COLUMNS)})")
+    result: list[tuple[int, CaseRecord]] = []
+    seen: set[str] = set()
+    for line, row in enumerate(rows, start=2):
+        if not any(row.values()):
+            continue
+        if not all(row.get(k) for k in _REQUIRED):
+            raise DataError(f"{path.name} line {line}: case_id, site, image and label must all be given")
+        channel = None
+        if row.get("channel"):
+            if not row["channel"].isdigit():
+                raise DataError(f"{path.name} line {line}: channel must be a non-negative integer, got {row['channel']!r}")
+            channel = int(row["channel"])
+        image, label = (Path(row[k]).expanduser() for k in ("image", "label"))
+        image, label = (p if p.is_absolute() else path.parent / p for p in (image, label))
+        case_id = row["case_id"]
+        if case_id in seen:
+            raise DataError(f"{path.name} line {line}: duplicate case {case_id}")
+        seen.add(case_id)
+        for kind, file in (("image", image), ("label", label)):
+            if not file.is_file():
+                raise DataError(f"case {case_id}: {kind} file not found: {file}")
+        result.append((line, CaseRecord(case_id, row["site"], image, label, channel)))
+    return result
+
+
+def _has_site_cases(root: Path) -> bool:
+    """True when some ``<root>/<SITE>/`` folder holds an image or label file."""
+    for site in root.iterdir():
+        if site.is_dir() and not site.name.startswith("."):
+            if any(p.is_file() and not p.name.startswith(".") and _suffix(p.name) for p in site.iterdir()):
+                return True
+    return False
+
+
+def index_multisite_root(root: str | os.PathLike) -> list[CaseRecord]:
+    """:func:`~ProstateKDLib.dataset.index_multisite` plus the rows of ``<root>/dataset_index.csv``.
+
+    A row whose image file the folder scan found already is dropped (the scan's
+    record is kept). Without ``dataset_index.csv`` this is exactly ``index_multisite``.
+
+    Raises:
+        DataError: messages of ``index_multisite`` and :func:`read_saved_cases`, or
+            ``dataset_index.csv line <n>: case <id> is also in the folder scan with another image (<path>)``.
+    """
+    root = Path(root).expanduser()
+    saved_csv = root / SAVED_INDEX
+    if not root.is_dir() or not saved_csv.is_file():
+        return index_multisite(root)
+    saved = read_saved_cases(saved_csv)
+    scanned = index_multisite(root) if (_has_site_cases(root) or not saved) else []
+    by_image = {r.image.resolve() for r in scanned}
+    by_id = {r.case_id: r for r in scanned}
+    records = list(scanned)
+    for line, record in saved:
+        if record.image.resolve() in by_image:
+            continue
+        if record.case_id in by_id:
+            raise DataError(
+                f"{SAVED_INDEX} line {line}: case {record.case_id} is also in the folder scan "
+                f"with another image ({by_id[record.case_id].image})"
+            )
+        records.append(record)
+    return sorted(records, key=lambda r: r.case_id)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def append_saved_case(
+    root: str | os.PathLike,
+    case_id: str,
+    site: str,
+    image: str | os.PathLike,
+    label: str | os.PathLike,
+    source: str = "",
+    added: str | None = None,
+) -> Path:
+    """Add one row to ``<root>/dataset_index.csv`` (created with its header); return the CSV path.
+
+    Paths inside ``root`` are stored relative to it. The file is rewritten
+    atomically (temporary file + rename).
+
+    Raises:
+        DataError: ``case <id> is already in <csv>``; ``case <id>: image file not found: <path>``.
+        OutputError: ``data folder does not exist: <root>``; ``cannot write <csv>: <reason>``.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise OutputError(f"data folder does not exist: {root}")
+    for name, value in (("case_id", case_id), ("site", site)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    image, label = Path(image).expanduser(), Path(label).expanduser()
+    for kind, file in (("image", image), ("label", label)):
+        if not file.is_file():
+            raise DataError(f"case {case_id}: {kind} file not found: {file}")
+    target = root / SAVED_INDEX
+    text = target.read_text(encoding="utf-8") if target.is_file() else ""
+    if text and any(r.case_id == case_id for _, r in read_saved_cases(target)):
+        raise DataError(f"case {case_id} is already in {target}")
+    row = io.StringIO()
+    writer = csv.writer(row, lineterminator="\n")
+    if not text:
+        writer.writerow(SAVED_COLUMNS)
+    elif not text.endswith("\n"):
+        text += "\n"
+    added = added or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    writer.writerow([case_id, site, _relative(image, root), _relative(label, root), source, added])
+    temporary = target.with_name(f".{SAVED_INDEX}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        temporary.write_text(text + row.getvalue(), encoding="utf-8")
+        os.replace(temporary, target)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    return target
