@@ -59,34 +59,36 @@ def test_wrong_values_are_named(model_json):
         parse_model_json(model_json)
 
 
-def test_unknown_network_is_refused(tmp_path, tiny_bundle):
-    bundle_dir = tmp_path / "b"
-    shutil.copytree(tiny_bundle.path, bundle_dir)
+def copy_bundle(source, bundle_dir, changes):
+    """Copy a bundle folder and set ``{"dotted.key": value}`` in its model.json."""
+    shutil.copytree(source.path, bundle_dir)
     data = json.loads((bundle_dir / "model.json").read_text())
-    data["network"]["name"] = "transformer9000"
+    for key, value in changes.items():
+        *parents, last = key.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[last] = value
     (bundle_dir / "model.json").write_text(json.dumps(data))
+    return bundle_dir
+
+
+def test_unknown_network_is_refused(tmp_path, tiny_bundle):
+    bundle_dir = copy_bundle(tiny_bundle, tmp_path / "b", {"network.name": "transformer9000"})
     with pytest.raises(BundleError) as info:
         load_bundle(bundle_dir).build_network()
     assert str(info.value).startswith(f"{bundle_dir}: unknown network 'transformer9000' (known: ")
 
 
 def test_mismatched_weights_are_refused(tmp_path, tiny_bundle):
-    bundle_dir = tmp_path / "b"
-    shutil.copytree(tiny_bundle.path, bundle_dir)
-    data = json.loads((bundle_dir / "model.json").read_text())
-    data["network"]["kwargs"]["channels"] = [8, 16, 32]
-    (bundle_dir / "model.json").write_text(json.dumps(data))
+    bundle_dir = copy_bundle(tiny_bundle, tmp_path / "b", {"network.kwargs.channels": [8, 16, 32]})
     with pytest.raises(BundleError, match=r"weights do not match the network: .* of wrong shape"):
         load_bundle(bundle_dir).build_network()
 
 
 def test_pickled_code_is_never_loaded(tmp_path, tiny_bundle):
     """A .pt file holding a pickled object is refused by weights_only loading."""
-    bundle_dir = tmp_path / "b"
-    shutil.copytree(tiny_bundle.path, bundle_dir)
-    data = json.loads((bundle_dir / "model.json").read_text())
-    data["weights"] = "model.pt"
-    (bundle_dir / "model.json").write_text(json.dumps(data))
+    bundle_dir = copy_bundle(tiny_bundle, tmp_path / "b", {"weights": "model.pt"})
 
     class Payload:
         def __reduce__(self):
@@ -98,11 +100,7 @@ def test_pickled_code_is_never_loaded(tmp_path, tiny_bundle):
 
 
 def test_pt_weights_load(tmp_path, tiny_bundle):
-    bundle_dir = tmp_path / "b"
-    shutil.copytree(tiny_bundle.path, bundle_dir)
-    data = json.loads((bundle_dir / "model.json").read_text())
-    data["weights"] = "model.pt"
-    (bundle_dir / "model.json").write_text(json.dumps(data))
+    bundle_dir = copy_bundle(tiny_bundle, tmp_path / "b", {"weights": "model.pt"})
     torch.save(tiny_bundle.load_state_dict(), bundle_dir / "model.pt")
     load_bundle(bundle_dir).build_network()
 
