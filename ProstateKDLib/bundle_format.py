@@ -12,7 +12,7 @@ weights file it names. Format version 1::
                 "spacing": [0.8, 0.8, 3.0], "patch_size": [128, 128, 32],
                 "normalization": {"name": "zscore", "clip_percentiles": [0.5, 99.5]}},
       "inference": {"overlap": 0.25, "blend_mode": "gaussian", "sw_batch_size": 1},
-      "labels": [{"value": 1, "name": "Prostate", "color": [0.85, 0.65, 0.55],
+      "labels": [{"value": 1, "name": "Prostate", "color": [0.902, 0.62, 0.549],
                   "terminology": {"category": ["SCT", "123037004", "Anatomical Structure"],
                                   "type": ["SCT", "41216001", "Prostate"]}}],
       "postprocessing": {"largest_component": true, "volume_ml_range": [5, 250]},
@@ -21,7 +21,9 @@ weights file it names. Format version 1::
                      "validation_dice": 0.9, "date": "2026-11-22"}
     }
 
-Spacing and patch size are in the (x, y, z) order of the oriented volume
+``provenance`` must hold the five keys shown; ``prostatekd export`` adds
+``validation``, ``epochs_trained``, ``checkpoint_epoch``, ``git_commit``,
+``software_version`` and ``parameters``. Spacing and patch size are in the (x, y, z) order of the oriented volume
 (``orientation`` axis codes, MONAI convention). Every missing or wrong field
 raises :class:`~ProstateKDLib.errors.BundleError` naming the field.
 """
