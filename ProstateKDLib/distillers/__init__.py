@@ -4,11 +4,21 @@ A distiller wraps the student (and frozen teachers) and turns a batch into
 named loss terms; the training loop only sums them with the configured
 weights. Add a method by writing one module with a registered
 :class:`~ProstateKDLib.distillers.base.Distiller` subclass and importing it here.
+
+======================== ======================================= ==========================
+name                     loss terms                              teachers
+======================== ======================================= ==========================
+``none``                 dice, ce                                none
+``logit_kd``             dice, ce, kl                            1 or more (mean target)
+``seed_kd``              dice, lovasz, kl, feature               exactly 1
+``multi_teacher_mean``   dice, lovasz, kl, feature               2 or more, plain average
+``multi_teacher_adaptive`` dice, lovasz, kl, feature             2 or more, per-sample weights
+======================== ======================================= ==========================
 """
 
 from __future__ import annotations
 
-from .base import DISTILLERS, Distiller, build_distiller
-from . import none  # noqa: F401  (registers "none")
+from .base import DISTILLERS, Distiller, Option, build_distiller
+from . import none, logit_kd, seed_kd, multi_teacher_mean, multi_teacher_adaptive  # noqa: F401,E402 (register)
 
-__all__ = ["DISTILLERS", "Distiller", "build_distiller"]
+__all__ = ["DISTILLERS", "Distiller", "Option", "build_distiller"]

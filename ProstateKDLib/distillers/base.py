@@ -1,8 +1,9 @@
-"""The :class:`Distiller` base class and the :data:`DISTILLERS` registry."""
+"""The :class:`Distiller` base class, its :class:`Option` declarations and the :data:`DISTILLERS` registry."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 
@@ -11,33 +12,67 @@ from ..registry import Registry
 DISTILLERS: Registry[type["Distiller"]] = Registry("distiller")
 
 
+@dataclass(frozen=True)
+class Option:
+    """A method setting read from the config key ``distiller.<name>``.
+
+    Attributes:
+        default: value when the config does not set it.
+        check: returns the (normalised) value or raises ``ValueError("must be ...")``;
+            the message completes ``key 'distiller.<name>' ...``.
+        help: one line for the docs.
+    """
+
+    default: Any
+    check: Callable[[Any], Any]
+    help: str = ""
+
+
 class Distiller(torch.nn.Module):
     """A student and its (possibly no) teachers, computing named loss terms.
 
     Teachers are frozen (``requires_grad=False``) and stay in eval mode even
     when :meth:`train` is called, so their batch-norm statistics and dropout
-    never change. Subclasses set :attr:`loss_names` and
-    :attr:`default_weights` and implement :meth:`forward_train`.
+    never change. Learned parts of a method (feature adapters) are submodules
+    other than ``student`` and ``teachers``: :meth:`trainable_parameters` (what
+    the optimizer gets) and :meth:`learned_state_dict` (what a checkpoint keeps
+    besides the student) include them and never a teacher tensor.
+
+    Subclasses set :attr:`name`, :attr:`loss_names`, :attr:`default_weights`,
+    the teacher count bounds and :attr:`options`, and implement :meth:`forward_train`.
+    After each :meth:`forward_train`, :attr:`stats` holds detached scalars worth
+    logging (e.g. adaptive teacher weights), named as :meth:`stat_names` says.
 
     Args:
         student: the network being trained.
         teachers: trained networks to distil from (frozen here).
-        weights: loss weight per term name; missing names take the defaults.
+        weights: loss weight per term name (>= 0); missing names take the defaults.
+        **options: method settings declared in :attr:`options`.
+
+    Raises:
+        ValueError: unknown loss term or option, a negative weight, a bad option
+            value, or a teacher count outside the method's bounds.
     """
 
+    name: ClassVar[str] = ""
     loss_names: ClassVar[tuple[str, ...]] = ()
     default_weights: ClassVar[Mapping[str, float]] = {}
-    needs_teachers: ClassVar[bool] = False
+    options: ClassVar[Mapping[str, Option]] = {}
+    min_teachers: ClassVar[int] = 0
+    max_teachers: ClassVar[int | None] = None
 
     def __init__(
         self,
         student: torch.nn.Module,
         teachers: Iterable[torch.nn.Module] = (),
         weights: Mapping[str, float] | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
+        teachers = list(teachers)
+        self.check_teacher_count(len(teachers))
         self.student = student
-        self.teachers = torch.nn.ModuleList(list(teachers))
+        self.teachers = torch.nn.ModuleList(teachers)
         for teacher in self.teachers:
             teacher.requires_grad_(False)
             teacher.eval()
@@ -46,15 +81,102 @@ class Distiller(torch.nn.Module):
             raise ValueError(
                 f"{type(self).__name__} has no loss term {unknown[0]!r} (terms: {', '.join(self.loss_names)})"
             )
-        self.weights = {**self.default_weights, **dict(weights or {})}
+        for term, value in (weights or {}).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"loss weight {term!r} must be a number >= 0, got {value!r}")
+        self.weights = {**self.default_weights, **{k: float(v) for k, v in (weights or {}).items()}}
+        self.settings = self.check_options(options)
+        self.stats: dict[str, torch.Tensor] = {}
 
+    # ------------------------------------------------------------ class-level checks
+    @classmethod
+    def teacher_count_text(cls) -> str:
+        """``exactly 1 teacher``, ``at least 2 teachers``, ``no teachers``."""
+        low, high = cls.min_teachers, cls.max_teachers
+        if high == 0:
+            return "no teachers"
+        if low == high:
+            return f"exactly {low} teacher{'s' if low != 1 else ''}"
+        if high is None:
+            return f"at least {low} teacher{'s' if low != 1 else ''}"
+        return f"{low} to {high} teachers"
+
+    @classmethod
+    def check_teacher_count(cls, count: int) -> None:
+        """ValueError unless ``count`` teachers suit the method."""
+        if cls.max_teachers == 0 and count:
+            raise ValueError(f"distiller {cls.name!r} takes no teachers, got {count}")
+        if count < cls.min_teachers or (cls.max_teachers is not None and count > cls.max_teachers):
+            raise ValueError(f"distiller {cls.name!r} needs {cls.teacher_count_text()}, got {count}")
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """All option values (defaults filled in), each checked.
+
+        Raises:
+            ValueError: ``unknown option 'x' for distiller 'y' (known: ...)`` or
+                ``option 'x' must be ...``.
+        """
+        out = {}
+        for key in options:
+            if key not in cls.options:
+                known = ", ".join(sorted(cls.options)) or "none"
+                raise ValueError(f"unknown option {key!r} for distiller {cls.name!r} (known: {known})")
+        for key, option in cls.options.items():
+            if key in options:
+                try:
+                    out[key] = option.check(options[key])
+                except ValueError as exc:
+                    raise ValueError(f"option {key!r} {exc}") from None
+            else:
+                out[key] = option.default
+        return out
+
+    # ------------------------------------------------------------ modes and parameters
     def train(self, mode: bool = True) -> "Distiller":
-        """Set the student's mode; teachers always stay in eval mode."""
+        """Set the student's (and adapters') mode; teachers always stay in eval mode."""
         super().train(mode)
         for teacher in self.teachers:
             teacher.eval()
         return self
 
+    def named_learned_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """Trainable parameters that are not the student's or a teacher's (adapters)."""
+        for name, param in self.named_parameters():
+            if not name.startswith(("student.", "teachers.")) and param.requires_grad:
+                yield name, param
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer gets: the student's trainable parameters, then the method's learned ones.
+
+        Teacher parameters are never included.
+        """
+        teacher_ids = {id(p) for p in self.teachers.parameters()}
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        params += [p for _, p in self.named_learned_parameters()]
+        if any(id(p) in teacher_ids for p in params):  # a teacher shared with the student
+            raise ValueError("a teacher shares parameters with the student or an adapter")
+        return params
+
+    def learned_state_dict(self) -> dict[str, torch.Tensor]:
+        """State of the method's own submodules (adapters), without student and teachers."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(("student.", "teachers."))}
+
+    def load_learned_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore :meth:`learned_state_dict` (strict: same keys).
+
+        Raises:
+            ValueError: keys differ.
+        """
+        expected = self.learned_state_dict()
+        if set(expected) != set(state):
+            missing = sorted(set(expected) - set(state))
+            extra = sorted(set(state) - set(expected))
+            raise ValueError(f"learned state does not match distiller {self.name!r}: missing {missing}, unexpected {extra}")
+        full = {**{k: v for k, v in self.state_dict().items() if k not in expected}, **state}
+        self.load_state_dict(full, strict=True)
+
+    # ------------------------------------------------------------ the computation
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Student logits (what inference runs)."""
         return self.student(image)
@@ -74,10 +196,26 @@ class Distiller(torch.nn.Module):
         """Weighted sum of the loss terms (the weights of :attr:`weights`)."""
         return sum(self.weights[name] * value for name, value in terms.items())  # type: ignore[return-value]
 
+    def stat_names(self) -> list[str]:
+        """Names of the scalars :meth:`forward_train` puts in :attr:`stats` (log columns)."""
+        return []
+
     @torch.no_grad()
     def teacher_logits(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every teacher for ``image`` (no gradients)."""
         return [teacher(image) for teacher in self.teachers]
+
+    def describe(self) -> dict[str, Any]:
+        """Method name, loss weights and option values (for provenance)."""
+        return {"name": self.name, "weights": dict(self.weights), "options": _plain(self.settings)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def build_distiller(

@@ -1,11 +1,15 @@
-"""``none``: the student alone, supervised by Dice + cross-entropy (MONAI ``DiceCELoss``)."""
+"""``none``: the student alone, supervised by Dice + cross-entropy (MONAI ``DiceCELoss``).
+
+Loss: ``L = w_dice · Dice(p_s, y) + w_ce · CE(p_s, y)`` (no teacher).
+"""
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
+from ._common import dice_ce_loss, dice_ce_terms
 from .base import DISTILLERS, Distiller
 
 
@@ -18,27 +22,26 @@ class NoDistillation(Distiller):
     not give a degenerate per-sample Dice; ``ce`` is the voxel-wise cross-entropy.
     """
 
+    name = "none"
     loss_names = ("dice", "ce")
     default_weights = {"dice": 1.0, "ce": 1.0}
+    min_teachers = 0
+    max_teachers = 0
 
     def __init__(
         self,
         student: torch.nn.Module,
         teachers: Iterable[torch.nn.Module] = (),
         weights: Mapping[str, float] | None = None,
+        example_input: torch.Tensor | None = None,
+        **options: Any,
     ) -> None:
-        teachers = list(teachers)
-        if teachers:
-            raise ValueError(f"distiller 'none' takes no teachers, got {len(teachers)}")
-        super().__init__(student, teachers, weights)
-        from monai.losses import DiceCELoss
-
-        self.loss = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+        super().__init__(student, teachers, weights, **options)
+        self.loss = dice_ce_loss()
 
     def forward_train(
         self, image: torch.Tensor, label: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Student logits and ``{"dice": ..., "ce": ...}`` (unweighted)."""
         logits = self.student(image)
-        scores, target = logits.float(), label.float()
-        return logits, {"dice": self.loss.dice(scores, target), "ce": self.loss.ce(scores, target)}
+        return logits, dice_ce_terms(self.loss, logits, label)
