@@ -88,7 +88,7 @@ def edited(data: dict, dotted: str, value=None, delete: bool = False) -> dict:
          "unknown key 'train.lr' (known: amp, batch_size, device, epochs, learning_rate, lr_schedule, num_threads, "
          "optimizer, patches_per_volume, positive_fraction, seed, weight_decay)"),
         ("optimiser", {}, False,
-         "unknown key 'optimiser' (known: data, distiller, export, model, preprocessing, train)"),
+         "unknown key 'optimiser' (known: data, distiller, export, model, preprocessing, teachers, train)"),
         ("preprocessing.normalization.mode", "x", False,
          "unknown key 'preprocessing.normalization.mode' (known: clip_percentiles, name)"),
         ("train.epochs", None, True, "missing required key 'train.epochs'"),
@@ -119,7 +119,8 @@ def edited(data: dict, dotted: str, value=None, delete: bool = False) -> dict:
         ("model.kwargs.chanels", [4, 8], False,
          "key 'model.kwargs' is invalid for network 'unet': got an unexpected keyword argument 'chanels'"),
         ("model.num_classes", 3, False, "key 'model.num_classes' must be 2 (background and gland), got 3"),
-        ("distiller.name", "kd", False, "key 'distiller.name' names unknown distiller 'kd' (known: none)"),
+        ("distiller.name", "kd", False, "key 'distiller.name' names unknown distiller 'kd' "
+         "(known: logit_kd, multi_teacher_adaptive, multi_teacher_mean, none, seed_kd)"),
         ("distiller.weights.kl", 1.0, False, "unknown key 'distiller.weights.kl' (known: ce, dice)"),
         ("distiller.weights.dice", -1, False, "key 'distiller.weights.dice' must be a number >= 0, got -1"),
     ],
@@ -199,7 +200,7 @@ def test_teachers_stay_frozen_and_in_eval_mode():
 def test_none_distiller_terms_and_checks():
     from ProstateKDLib.distillers import DISTILLERS, build_distiller
 
-    assert DISTILLERS.names() == ["none"]
+    assert DISTILLERS.names() == ["logit_kd", "multi_teacher_adaptive", "multi_teacher_mean", "none", "seed_kd"]
     distiller = build_distiller("none", tiny_unet(), [], {"ce": 0.5})
     assert distiller.weights == {"dice": 1.0, "ce": 0.5}
     label = torch.zeros(2, 1, 16, 16, 8, dtype=torch.uint8)

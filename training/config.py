@@ -7,8 +7,16 @@ file and the dotted key, with one of these messages::
     config <file>: missing required key 'train.epochs'
     config <file>: key 'train.epochs' must be an integer, got 'ten'
     config <file>: key 'model.network' names unknown network 'unet3' (known: dynunet, segresnet, unet)
+    config <file>: key 'distiller.temperature' must be a number > 0, got 0
+    config <file>: key 'teachers' lists 2 teachers but distiller 'seed_kd' needs exactly 1 teacher
 
-Relative ``data.root`` paths are resolved against the current folder at load
+The ``distiller`` section holds ``name``, ``weights`` (one per loss term of the
+method) and the method's options (``temperature``, ``tau``, ...; see
+:attr:`ProstateKDLib.distillers.Distiller.options`). ``teachers`` lists model
+bundles (paths or installed names), training runs (their ``bundle/``) or
+``train-teacher`` folders (every teacher in its ``teachers.json``).
+
+Relative ``data.root`` and teacher paths are resolved against the current folder at load
 time, so the ``config.yaml`` a run writes is self-contained.
 """
 
@@ -29,16 +37,31 @@ NORMALIZATIONS = ("zscore", "none")
 OPTIMIZERS = ("adamw", "adam")
 LR_SCHEDULES = ("poly", "constant")
 _REQUIRED = object()
+TEACHERS_JSON = "teachers.json"
+
+
+@dataclass(frozen=True)
+class SubsetConfig:
+    """The ``index``-th (0-based) of ``count`` random disjoint subsets of the cases (seed: ``data.seed``)."""
+
+    index: int
+    count: int
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the cases are and how they are split."""
+    """Where the cases are, which of them to use, and how they are split.
+
+    ``sites`` keeps only those sites; ``subset`` keeps one of ``count`` random
+    disjoint subsets (limit-trained teachers). Both apply before the train/val split.
+    """
 
     root: str
     val_fraction: float = 0.2
     seed: int = 0
     cases: int | None = None
+    sites: tuple[str, ...] | None = None
+    subset: SubsetConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -100,10 +123,17 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DistillerConfig:
-    """Distillation method (``none``: the student alone) and its loss weights."""
+    """Distillation method (``none``: the student alone), its loss weights and options."""
 
     name: str = "none"
     weights: Mapping[str, float] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def resolved_options(self) -> dict[str, Any]:
+        """Every option of the method, defaults filled in."""
+        from ProstateKDLib.distillers import DISTILLERS
+
+        return DISTILLERS.get(self.name).check_options(self.options)
 
 
 @dataclass(frozen=True)
@@ -127,12 +157,20 @@ class Config:
     train: TrainConfig
     distiller: DistillerConfig
     export: ExportConfig
+    teachers: tuple[str, ...] = ()
     source: str = field(default="<dict>", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists, no tuples) that :func:`config_from_dict` reads back."""
         out = asdict(self)
         out.pop("source")
+        options = out["distiller"].pop("options")
+        out["distiller"].update(options)
+        for key in ("sites", "subset"):
+            if out["data"][key] is None:
+                out["data"].pop(key)
+        if not out["teachers"]:
+            out.pop("teachers")
         return _plain(out)
 
 
@@ -354,7 +392,16 @@ def _check_distiller(distiller: DistillerConfig, source: str) -> None:
             f"config {source}: key 'distiller.name' names unknown distiller {distiller.name!r} "
             f"(known: {', '.join(DISTILLERS.names())})"
         )
-    names = DISTILLERS.get(distiller.name).loss_names
+    cls = DISTILLERS.get(distiller.name)
+    for key, value in distiller.options.items():
+        if key not in cls.options:
+            known = ", ".join(sorted(["name", "weights", *cls.options]))
+            raise ConfigError(f"config {source}: unknown key 'distiller.{key}' (known: {known})")
+        try:
+            cls.options[key].check(value)
+        except ValueError as exc:
+            raise ConfigError(f"config {source}: key 'distiller.{key}' {exc}") from None
+    names = cls.loss_names
     for term, weight in distiller.weights.items():
         if term not in names:
             raise ConfigError(
@@ -364,6 +411,80 @@ def _check_distiller(distiller: DistillerConfig, source: str) -> None:
             raise ConfigError(
                 f"config {source}: key 'distiller.weights.{term}' must be a number >= 0, got {_show(weight)}"
             )
+
+
+def _check_teacher_count(distiller: DistillerConfig, teachers: tuple[str, ...], source: str) -> None:
+    from ProstateKDLib.distillers import DISTILLERS
+
+    cls = DISTILLERS.get(distiller.name)
+    try:
+        cls.check_teacher_count(len(teachers))
+    except ValueError:
+        n = len(teachers)
+        raise ConfigError(
+            f"config {source}: key 'teachers' lists {n} teacher{'' if n == 1 else 's'} but distiller "
+            f"{distiller.name!r} {'takes' if cls.max_teachers == 0 else 'needs'} {cls.teacher_count_text()}"
+        ) from None
+
+
+def _sites(section: _Section, key: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, (list, tuple)) or not value
+        or not all(isinstance(v, str) and v.strip() for v in value) or len(set(value)) != len(value)
+    ):
+        raise section.error(key, f"must be a non-empty list of unique site names, got {_show(value)}")
+    return tuple(value)
+
+
+def _subset(section: _Section, key: str, value: Any) -> SubsetConfig | None:
+    if value is None:
+        return None
+    s = _Section(value, f"{key}.", section.source)
+    count = s.get("count", _int(1))
+    index = s.get("index", _int(0))
+    s.finish()
+    if index >= count:
+        raise section.error(f"{key}.index", f"must be less than {key}.count ({count}), got {index}")
+    return SubsetConfig(index=index, count=count)
+
+
+def _teachers(section: _Section, key: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise section.error(key, f"must be a list of bundle paths, bundle names or run folders, got {_show(value)}")
+    out: list[str] = []
+    for entry in value:
+        path = Path(os.path.expanduser(entry))
+        is_path = path.exists() or "/" in entry or os.sep in entry or entry.startswith((".", "~"))
+        out.extend(_expand_teacher(section, key, path.absolute()) if is_path else [entry])
+    if len(set(out)) != len(out):
+        raise section.error(key, f"names the same teacher twice: {_show(value)}")
+    return tuple(out)
+
+
+def _expand_teacher(section: _Section, key: str, path: Path) -> list[str]:
+    """A bundle path; a run folder's ``bundle/``; every bundle of a ``teachers.json`` folder."""
+    import json
+
+    if path.is_dir() and (path / TEACHERS_JSON).is_file():
+        try:
+            listing = json.loads((path / TEACHERS_JSON).read_text(encoding="utf-8"))
+            return [str(path / item["bundle"]) for item in listing["teachers"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise section.error(key, f"cannot be read from {path / TEACHERS_JSON}: {exc!r}") from None
+    if path.is_dir() and not (path / "model.json").is_file():
+        if (path / "bundle" / "model.json").is_file():
+            return [str(path / "bundle")]
+        if (path / "config.yaml").is_file():
+            raise section.error(
+                key, f"names run {path}, which has no exported bundle; run 'prostatekd export {path} {path / 'bundle'}'"
+            )
+    return [str(path)]
 
 
 def config_from_dict(data: Any, source: str = "<dict>") -> Config:
@@ -382,6 +503,8 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
         val_fraction=s.get("val_fraction", _float(0.0, 1.0, high_open=True), 0.2),
         seed=s.get("seed", _int(0), 0),
         cases=s.get("cases", _optional(_int(1)), None),
+        sites=s.get("sites", _sites, None),
+        subset=s.get("subset", _subset, None),
     )
     s.finish()
 
@@ -430,8 +553,8 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
     distiller_cfg = DistillerConfig(
         name=s.get("name", _str(), "none"),
         weights=s.get("weights", _mapping, {}),
+        options={k: _plain(v) for k, v in s.data.items() if k not in ("name", "weights")},
     )
-    s.finish()
 
     s = _Section(top.get("export", _raw, None), "export.", source)
     export_cfg = ExportConfig(
@@ -442,11 +565,13 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
         license=s.get("license", _str(), "Apache-2.0"),
     )
     s.finish()
+    teachers = top.get("teachers", _teachers, ())
     top.finish()
 
     _check_model(model_cfg, patch, source)
     _check_distiller(distiller_cfg, source)
-    return Config(data_cfg, model_cfg, pre_cfg, train_cfg, distiller_cfg, export_cfg, source)
+    _check_teacher_count(distiller_cfg, teachers, source)
+    return Config(data_cfg, model_cfg, pre_cfg, train_cfg, distiller_cfg, export_cfg, teachers, source)
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,20 +29,35 @@ def prostate_label() -> dict[str, Any]:
     }
 
 
-def describe_method(config: Config) -> str:
-    """One line naming the distiller and its weighted loss terms."""
+def method_record(config: Config) -> dict[str, Any]:
+    """``{"distiller", "weights", "options"}``: the method with every default filled in."""
     from ProstateKDLib.distillers import DISTILLERS
 
     cls = DISTILLERS.get(config.distiller.name)
-    weights = {**cls.default_weights, **config.distiller.weights}
-    losses = " + ".join(f"{weights[name]:g}*{name}" for name in cls.loss_names)
+    weights = {name: float({**cls.default_weights, **config.distiller.weights}[name]) for name in cls.loss_names}
+    return {"distiller": config.distiller.name, "weights": weights, "options": config.distiller.resolved_options()}
+
+
+def describe_method(config: Config) -> str:
+    """One line naming the distiller, its weighted loss terms and its options (e.g. ``temperature=2``)."""
+    record = method_record(config)
+    losses = " + ".join(f"{w:g}*{name}" for name, w in record["weights"].items())
     kind = "supervised student, no distillation" if config.distiller.name == "none" else "knowledge distillation"
-    return f"distiller '{config.distiller.name}' ({kind}); loss {losses}"
+    options = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in record["options"].items() if v is not None)
+    return f"distiller '{config.distiller.name}' ({kind}); loss {losses}" + (f"; {options}" if options else "")
 
 
 def build_model_json(config: Config, epoch: int, epochs_trained: int, validation_dice: float | None,
-                     parameters: int, git: dict[str, Any] | None) -> dict[str, Any]:
+                     parameters: int, git: dict[str, Any] | None,
+                     teachers: list[dict[str, Any]] | None = None,
+                     training_cases: int | None = None) -> dict[str, Any]:
     """``model.json`` (format 1) of a run, from its config and the exported checkpoint.
+
+    ``provenance.method`` names the distiller with its loss weights and options
+    (``provenance.distillation`` holds them as data); ``provenance.teachers``
+    lists each teacher's name, version, training subset and validation Dice;
+    ``provenance.training_subset`` says which cases this model saw.
 
     Raises:
         ConfigError: the model has more than one input channel (only T2 is supported).
@@ -54,6 +69,8 @@ def build_model_json(config: Config, epoch: int, epochs_trained: int, validation
             f"config {config.source}: key 'model.in_channels' is {config.model.in_channels}; "
             "export supports single-channel (T2) models only"
         )
+    from .cases import describe_subset
+
     pre = config.preprocessing
     return {
         "format_version": 1,
@@ -76,7 +93,10 @@ def build_model_json(config: Config, epoch: int, epochs_trained: int, validation
         "provenance": {
             "training_data": config.export.training_data,
             "method": describe_method(config),
-            "teachers": [],
+            "distillation": method_record(config),
+            "teachers": list(teachers or []),
+            "training_subset": describe_subset(config.data),
+            "training_cases": training_cases,
             "validation_dice": None if validation_dice is None else round(float(validation_dice), 4),
             "validation": "mean Dice of the gland on the validation cases, model grid, "
             "sliding window, no postprocessing",
@@ -129,6 +149,9 @@ def export_run(
     dice = next((row.get("val_dice") for row in history if row.get("epoch") == epoch), chosen.get("val_dice"))
     network = build_network(config.model.network, config.model.network_kwargs())
     run_json = run_dir / "run.json"
-    git = json.loads(run_json.read_text(encoding="utf-8")).get("git") if run_json.is_file() else None
-    model_json = build_model_json(config, epoch, int(last["epoch"]), dice, count_parameters(network), git)
+    info = json.loads(run_json.read_text(encoding="utf-8")) if run_json.is_file() else {}
+    teachers = last.get("teachers") or info.get("teachers") or []
+    n_cases = len((info.get("data") or {}).get("train_cases") or []) or None
+    model_json = build_model_json(config, epoch, int(last["epoch"]), dice, count_parameters(network),
+                                  info.get("git"), teachers, n_cases)
     return save_bundle(outdir, model_json, chosen["model"], overwrite=overwrite)

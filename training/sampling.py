@@ -6,6 +6,12 @@ a left-right flip (axis 0 of a RAS volume) and an intensity scale and
 shift. All randomness comes from one ``numpy`` generator whose state is part
 of a checkpoint, so a resumed run draws exactly the patches an uninterrupted
 one would.
+
+Under ``torchrun`` (``world_size`` > 1) the sampler shards like PyTorch's
+``DistributedSampler``: every process draws the same shuffled order of
+(volume, patch) slots from a shared generator, pads it to a multiple of the
+world size and takes every ``world_size``-th slot from its ``rank``; the crops
+and augmentations come from a per-rank generator.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class PatchSampler:
         patch_size: (x, y, z) voxels of a patch.
         positive_fraction: share of patches centred on gland voxels.
         seed: seed of the sampling generator.
+        rank, world_size: this process's shard (DistributedSampler-like) under ``torchrun``.
     """
 
     def __init__(
@@ -53,6 +60,8 @@ class PatchSampler:
         patch_size: Sequence[int],
         positive_fraction: float,
         seed: int | Sequence[int],
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         from monai.transforms import RandCropByPosNegLabel
         from monai.transforms.utils import map_binary_to_indices
@@ -60,7 +69,12 @@ class PatchSampler:
         if not volumes:
             raise ValueError("PatchSampler needs at least one volume")
         self.patch_size = tuple(int(p) for p in patch_size)
-        self.rng = np.random.default_rng(seed)
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
+        seeds = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(v) for v in seed]
+        self.rng = np.random.default_rng(seed if world_size == 1 else [*seeds, 1 + rank])
+        self.order_rng = self.rng if world_size == 1 else np.random.default_rng(seeds)
         self._volumes: list[tuple[torch.Tensor, torch.Tensor, Any, Any]] = []
         for image, label in volumes:
             stacked = pad_to(torch.cat([image.float(), label.float()]), self.patch_size)
@@ -78,16 +92,27 @@ class PatchSampler:
         return len(self._volumes)
 
     def state_dict(self) -> dict[str, Any]:
-        """The generator state (plain ints and strings)."""
-        return dict(self.rng.bit_generator.state)
+        """The generator state (plain ints and strings; with ``order`` under torchrun)."""
+        state = dict(self.rng.bit_generator.state)
+        if self.world_size > 1:
+            state["order"] = dict(self.order_rng.bit_generator.state)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the generator state saved by :meth:`state_dict`."""
+        state = dict(state)
+        order = state.pop("order", None)
         self.rng.bit_generator.state = state
+        if self.world_size > 1 and order is not None:
+            self.order_rng.bit_generator.state = order
+
+    def slots(self, patches_per_volume: int) -> int:
+        """Patches this process draws per epoch."""
+        return -(-len(self._volumes) * patches_per_volume // self.world_size)
 
     def iterations(self, patches_per_volume: int, batch_size: int) -> int:
-        """Batches per epoch."""
-        return -(-len(self._volumes) * patches_per_volume // batch_size)
+        """Batches per epoch (of this process)."""
+        return -(-self.slots(patches_per_volume) // batch_size)
 
     def patch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One augmented (image (1, x, y, z), label (1, x, y, z)) patch of volume ``index``."""
@@ -110,7 +135,9 @@ class PatchSampler:
         Every volume gives ``patches_per_volume`` patches, in shuffled order;
         the last batch may be smaller.
         """
-        order = self.rng.permutation(np.repeat(np.arange(len(self._volumes)), patches_per_volume))
+        order = self.order_rng.permutation(np.repeat(np.arange(len(self._volumes)), patches_per_volume))
+        if self.world_size > 1:
+            order = np.concatenate([order, order[: (-len(order)) % self.world_size]])[self.rank :: self.world_size]
         for start in range(0, len(order), batch_size):
             patches = [self.patch(int(i)) for i in order[start : start + batch_size]]
             yield torch.stack([p[0] for p in patches]), torch.stack([p[1] for p in patches])

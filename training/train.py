@@ -1,16 +1,28 @@
-"""Train a student: the loop, per-epoch validation, checkpoints and the run folder.
+"""Train a student (or a teacher), with or without distillation: the loop, validation, checkpoints.
+
+``train`` is distillation with the configured distiller: ``none`` trains a
+network alone (students without KD, and teachers); the other methods load the
+config's ``teachers`` (frozen, checked to share the preprocessing grid).
 
 A run folder holds::
 
-    config.yaml           the resolved configuration (absolute data root)
-    run.json              code version, packages, machine, seeds, case lists
-    log.csv               one row per epoch: losses, val_dice, lr, seconds
-    checkpoint_last.pt    everything needed to resume (written atomically each epoch)
+    config.yaml           the resolved configuration (absolute data root and teacher paths)
+    run.json              code version, packages, machine, seeds, case lists, method, teachers,
+                          TensorBoard and torchrun status
+    log.csv               one row per epoch: loss, every loss term, method statistics
+                          (e.g. adaptive teacher weights), val_dice, lr, seconds
+    tensorboard/          the same scalars, when ``torch.utils.tensorboard`` imports
+    checkpoint_last.pt    everything needed to resume (written atomically each epoch),
+                          including the distiller's learned adapters
     checkpoint_best.pt    student weights of the epoch with the best validation Dice
 
 On the CPU a resumed run ends with exactly the weights of an uninterrupted
-run with the same seed: model, optimizer, every random generator and the
-patch sampler are restored, and the learning rate depends only on the step.
+run with the same seed: model, adapters, optimizer, every random generator and
+the patch sampler are restored, and the learning rate depends only on the step.
+
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1) the same call trains with
+DistributedDataParallel: the patch sampling is sharded over processes, loss
+averages are reduced, and only rank 0 validates and writes files.
 """
 
 from __future__ import annotations
@@ -34,7 +46,8 @@ POLY_EXPONENT = 0.9
 CHECKPOINT_FORMAT = 1
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """OutputError unless ``run_dir`` can take a new run (or holds one to resume); writes nothing."""
     from .checkpoint import LAST
 
     if run_dir.exists() and not run_dir.is_dir():
@@ -47,18 +60,25 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
         raise OutputError(
             f"run folder {run_dir} is not empty; use --resume to continue the run in it, or choose a new folder"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _check_resumable(config: Config, saved: dict[str, Any]) -> None:
     """ConfigError when ``config`` differs from the resumed run's beyond epochs/device/threads."""
     current = config.to_dict()
     free = {("train", "epochs"), ("train", "device"), ("train", "num_threads")}
-    for section, values in saved.items():
-        for key, value in (values or {}).items():
+    for section in sorted(set(saved) | set(current)):
+        then, now_section = saved.get(section), current.get(section)
+        if not isinstance(then, dict) or not isinstance(now_section, dict):
+            if then != now_section:
+                raise ConfigError(
+                    f"config {config.source}: key '{section}' differs from the run being resumed "
+                    f"({then!r} there, {now_section!r} here)"
+                )
+            continue
+        for key in list(then) + [k for k in now_section if k not in then]:
             if (section, key) in free:
                 continue
-            now = current.get(section, {}).get(key)
+            value, now = then.get(key), now_section.get(key)
             if now != value:
                 raise ConfigError(
                     f"config {config.source}: key '{section}.{key}' differs from the run being resumed "
@@ -74,7 +94,7 @@ def learning_rate(base: float, schedule: str, step: int, total_steps: int) -> fl
 
 
 def _write_log(run_dir: Path, history: Sequence[dict[str, Any]], terms: Sequence[str]) -> None:
-    columns = ["epoch", "loss", *terms, "val_dice", "lr", "seconds"]
+    columns = ["epoch", "loss", *terms, "val_dice", "lr", "seconds"]  # terms: loss terms, then statistics
     tmp = run_dir / f".log.csv.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
@@ -139,97 +159,146 @@ def _nanmean(values: Sequence[float]) -> float | None:
 def train(
     config: Config | str | os.PathLike, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True
 ) -> Path:
-    """Train the configured student into ``run_dir``; returns the run folder.
+    """Train the configured network (distilled from the config's teachers) into ``run_dir``.
 
     Args:
         config: a validated :class:`~training.config.Config`, or the path of a YAML config.
         run_dir: new or empty folder (created), or the folder of a run to resume.
         resume: continue from ``checkpoint_last.pt`` (up to ``config.train.epochs``).
-        progress: show tqdm bars and one line per epoch.
+        progress: show tqdm bars and one line per epoch (rank 0 only under torchrun).
+
+    Returns:
+        the run folder.
 
     Raises:
         OutputError: ``run folder <dir> is not empty; use --resume ...`` or nothing to resume.
-        ConfigError: the network cannot be built, or a resumed run's config differs.
+        ConfigError: the network or distiller cannot be built, a teacher is missing or on
+            another grid, or a resumed run's config differs.
         DataError: no training cases, or a case is malformed.
         DeviceError: the configured device is not available.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from ProstateKDLib.dataset import index_cases, limit_cases, split_cases
     from ProstateKDLib.device import resolve_device
-    from ProstateKDLib.distillers import build_distiller
-    from ProstateKDLib.networks import build_network, count_parameters
 
-    from .checkpoint import BEST, LAST, atomic_save, capture_rng, load_checkpoint, restore_rng, seed_everything
-    from .runinfo import machine_info, start_session
-    from .sampling import PatchSampler
+    from .distributed import init_distributed, shutdown
 
     if not isinstance(config, Config):
         config = load_config(config)
-    run_dir = Path(run_dir).expanduser()
-    _prepare_run_dir(run_dir, resume)
-    checkpoint = load_checkpoint(run_dir / LAST) if resume else None
-    if checkpoint is not None:
-        _check_resumable(config, checkpoint.get("config", {}))
-    cfg_t = config.train
-    device = resolve_device(cfg_t.device)
-    if cfg_t.num_threads:
-        torch.set_num_threads(cfg_t.num_threads)
-    use_amp = cfg_t.amp and device.type == "cuda"
+    ctx, device = init_distributed(resolve_device(config.train.device))
+    try:
+        return _train(config, Path(run_dir).expanduser(), resume, progress, ctx, device)
+    finally:
+        shutdown(ctx)
 
-    cases = limit_cases(index_cases(config.data.root), config.data.cases)
-    train_cases, val_cases = split_cases(cases, config.data.val_fraction, config.data.seed)
-    if not train_cases:
-        raise DataError(f"no training cases in {config.data.root}")
 
-    seed_everything(cfg_t.seed)
+def _build(config: Config, teachers: Sequence[Any], device: Any) -> Any:
+    """The distiller (student, frozen teachers, adapters) on ``device``; ConfigError when it cannot be built."""
+    import torch
+
+    from ProstateKDLib.distillers import build_distiller
+    from ProstateKDLib.networks import build_network
+
     try:
         student = build_network(config.model.network, config.model.network_kwargs())
     except (TypeError, ValueError, AssertionError) as exc:
         raise ConfigError(f"config {config.source}: cannot build network {config.model.network!r}: {exc}") from None
-    distiller = build_distiller(config.distiller.name, student, [], config.distiller.weights).to(device)
-    params = [p for p in distiller.student.parameters() if p.requires_grad]
+    example = torch.zeros(1, config.model.in_channels, *config.preprocessing.patch_size)
+    try:
+        distiller = build_distiller(
+            config.distiller.name, student, [t.network for t in teachers], config.distiller.weights,
+            example_input=example, **config.distiller.options,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"config {config.source}: distiller {config.distiller.name!r}: {exc}") from None
+    return distiller.to(device)
+
+
+def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any, device: Any) -> Path:
+    import torch
+    from tqdm.auto import tqdm
+
+    from ProstateKDLib.networks import count_parameters
+
+    from .cases import describe_subset, select_cases
+    from .checkpoint import BEST, LAST, atomic_save, capture_rng, load_checkpoint, restore_rng, seed_everything
+    from .distributed import all_reduce_mean, barrier, gather_objects, wrap_ddp
+    from .runinfo import machine_info, start_session
+    from .sampling import PatchSampler
+    from .tblog import open_tensorboard, write_scalars
+    from .teachers import load_teachers
+
+    main = ctx.is_main
+    progress = progress and main
+    _check_run_dir(run_dir, resume)
+    checkpoint = load_checkpoint(run_dir / LAST) if resume else None
+    if checkpoint is not None:
+        _check_resumable(config, checkpoint.get("config", {}))
+    barrier(ctx)  # every rank has checked the folder before rank 0 writes into it
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_t = config.train
+    if cfg_t.num_threads:
+        torch.set_num_threads(cfg_t.num_threads)
+    use_amp = cfg_t.amp and device.type == "cuda"
+
+    train_cases, val_cases = select_cases(config)
+    teachers = load_teachers(config)
+    seed_everything(cfg_t.seed)
+    distiller = _build(config, teachers, device)
+    params = distiller.trainable_parameters()
     optimizer_cls = torch.optim.AdamW if cfg_t.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_cls(params, lr=cfg_t.learning_rate, weight_decay=cfg_t.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    step_fn = wrap_ddp(distiller, ctx, device)
 
     train_volumes = _load_volumes(train_cases, config, "training cases", progress)
-    val_volumes = _load_volumes(val_cases, config, "validation cases", progress)
-    sampler = PatchSampler(
-        train_volumes, config.preprocessing.patch_size, cfg_t.positive_fraction, seed=[cfg_t.seed, 1]
-    )
+    val_volumes = _load_volumes(val_cases, config, "validation cases", progress) if main else []
+    sampler = PatchSampler(train_volumes, config.preprocessing.patch_size, cfg_t.positive_fraction,
+                           seed=[cfg_t.seed, 1], rank=ctx.rank, world_size=ctx.world_size)
     steps_per_epoch = sampler.iterations(cfg_t.patches_per_volume, cfg_t.batch_size)
     total_steps = steps_per_epoch * cfg_t.epochs
 
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_dice": None, "best_epoch": None, "history": []}
     if checkpoint is not None:
         distiller.student.load_state_dict(checkpoint["model"])
+        distiller.load_learned_state_dict(checkpoint.get("distiller", {}))
         optimizer.load_state_dict(checkpoint["optimizer"])
         if use_amp and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
-        sampler.load_state_dict(checkpoint["sampler"])
-        restore_rng(checkpoint["rng"])
+        per_rank = len(checkpoint.get("sampler_ranks") or []) == ctx.world_size > 1
+        sampler.load_state_dict(checkpoint["sampler_ranks"][ctx.rank] if per_rank else checkpoint["sampler"])
+        restore_rng(checkpoint["rng_ranks"][ctx.rank] if per_rank else checkpoint["rng"])
         state = {k: checkpoint[k] for k in state}
-    write_config(config, run_dir / "config.yaml")
-    start_session(
-        run_dir,
-        {
-            "seeds": {"train": cfg_t.seed, "data_split": config.data.seed, "sampler": [cfg_t.seed, 1]},
-            "machine": machine_info(device),
-            "parameters": count_parameters(distiller.student),
-            "data": {"root": config.data.root, "train_cases": [c.case_id for c in train_cases],
-                     "val_cases": [c.case_id for c in val_cases]},
-        },
-        resumed_from=state["epoch"] if checkpoint is not None else None,
-    )
     terms = list(distiller.loss_names)
-    _write_log(run_dir, state["history"], terms)
+    columns = terms + distiller.stat_names()
+    teacher_info = [t.describe() for t in teachers]
+    writer, tb_info = open_tensorboard(run_dir) if main else (None, {})
+    if main:
+        write_config(config, run_dir / "config.yaml")
+        start_session(
+            run_dir,
+            {
+                "seeds": {"train": cfg_t.seed, "data_split": config.data.seed, "sampler": [cfg_t.seed, 1]},
+                "machine": machine_info(device),
+                "parameters": count_parameters(distiller.student),
+                "data": {"root": config.data.root, "subset": describe_subset(config.data),
+                         "train_cases": [c.case_id for c in train_cases],
+                         "val_cases": [c.case_id for c in val_cases]},
+                "method": distiller.describe(),
+                "adapter_parameters": sum(p.numel() for _, p in distiller.named_learned_parameters()),
+                "teachers": teacher_info,
+                "tensorboard": tb_info,
+                "distributed": ctx.describe(),
+                "amp": use_amp,
+            },
+            resumed_from=state["epoch"] if checkpoint is not None else None,
+        )
+        _write_log(run_dir, state["history"], columns)
 
     for epoch in range(state["epoch"] + 1, cfg_t.epochs + 1):
         started = time.perf_counter()
         distiller.train()
-        sums = {name: 0.0 for name in ["loss", *terms]}
+        keys = ["loss", *columns]
+        sums = {name: 0.0 for name in keys}
         bar = tqdm(sampler.epoch(cfg_t.patches_per_volume, cfg_t.batch_size), total=steps_per_epoch,
                    desc=f"epoch {epoch}/{cfg_t.epochs}", unit="batch", disable=not progress, leave=False,
                    mininterval=1.0)
@@ -240,7 +309,7 @@ def train(
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, enabled=use_amp):
-                _, losses = distiller.forward_train(image.to(device), label.to(device))
+                _, losses = step_fn(image.to(device), label.to(device))
                 loss = distiller.total_loss(losses)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -249,32 +318,44 @@ def train(
             sums["loss"] += float(loss.detach())
             for name in terms:
                 sums[name] += float(losses[name].detach())
+            for name in columns[len(terms):]:
+                sums[name] += float(distiller.stats[name])
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         bar.close()
-        row: dict[str, Any] = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}, "lr": lr}
+        means = all_reduce_mean(ctx, [sums[k] / steps_per_epoch for k in keys], device)
+        row: dict[str, Any] = {"epoch": epoch, **dict(zip(keys, means)), "lr": lr}
         per_case = validate(distiller.student, val_volumes, config.preprocessing.patch_size, device, use_amp)
         row["val_dice"] = _nanmean(per_case)
         row["val_case_dice"] = {c.case_id: d for c, d in zip(val_cases, per_case)}
         row["seconds"] = time.perf_counter() - started
         state["history"].append(row)
         state["epoch"] = epoch
-        improved = state["best_dice"] is None or (row["val_dice"] is not None and row["val_dice"] > state["best_dice"])
-        if not val_volumes or improved:
-            state["best_dice"], state["best_epoch"] = row["val_dice"], epoch
-            atomic_save({"format": CHECKPOINT_FORMAT, "epoch": epoch, "val_dice": row["val_dice"],
-                         "model": distiller.student.state_dict(), "config": config.to_dict()}, run_dir / BEST)
-        atomic_save(
-            {
+        sampler_states = gather_objects(ctx, sampler.state_dict())
+        rng_states = gather_objects(ctx, capture_rng())
+        if main:
+            improved = state["best_dice"] is None or (
+                row["val_dice"] is not None and row["val_dice"] > state["best_dice"]
+            )
+            if not val_volumes or improved:
+                state["best_dice"], state["best_epoch"] = row["val_dice"], epoch
+                atomic_save({"format": CHECKPOINT_FORMAT, "epoch": epoch, "val_dice": row["val_dice"],
+                             "model": distiller.student.state_dict(), "config": config.to_dict()}, run_dir / BEST)
+            saved: dict[str, Any] = {
                 "format": CHECKPOINT_FORMAT, **state, "config": config.to_dict(),
-                "model": distiller.student.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if use_amp else {}, "sampler": sampler.state_dict(),
-                "rng": capture_rng(),
-            },
-            run_dir / LAST,
-        )
-        _write_log(run_dir, state["history"], terms)
+                "model": distiller.student.state_dict(), "distiller": distiller.learned_state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if use_amp else {},
+                "sampler": sampler_states[0], "rng": rng_states[0], "teachers": teacher_info,
+            }
+            if ctx.enabled:
+                saved.update(sampler_ranks=sampler_states, rng_ranks=rng_states, world_size=ctx.world_size)
+            atomic_save(saved, run_dir / LAST)
+            _write_log(run_dir, state["history"], columns)
+            write_scalars(writer, row, epoch)
+        barrier(ctx)
         if progress:
             dice = "n/a" if row["val_dice"] is None else f"{row['val_dice']:.4f}"
-            parts = " ".join(f"{k} {row[k]:.4f}" for k in ["loss", *terms])
+            parts = " ".join(f"{k} {row[k]:.4f}" for k in keys)
             tqdm.write(f"epoch {epoch}/{cfg_t.epochs}: {parts} val_dice {dice} ({row['seconds']:.1f} s)")
+    if writer is not None:
+        writer.close()
     return run_dir

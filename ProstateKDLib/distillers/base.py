@@ -169,6 +169,8 @@ class Distiller(torch.nn.Module):
             ValueError: keys differ.
         """
         expected = self.learned_state_dict()
+        if not expected and not state:
+            return
         if set(expected) != set(state):
             missing = sorted(set(expected) - set(state))
             extra = sorted(set(state) - set(expected))
