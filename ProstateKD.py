@@ -1,0 +1,486 @@
+"""ProstateKD: 3D Slicer module that segments the prostate on T2 MRI with knowledge-distilled students.
+
+Thin by design: the Widget wires the GUI (Resources/UI/ProstateKD.ui) to
+:class:`ProstateKDLib.slicer_logic.ProstateKDLogic`; everything else lives in
+the pure-Python ``ProstateKDLib`` package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import tempfile
+from pathlib import Path
+
+import qt
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from ProstateKDLib.errors import CancelledError, DeviceError, ProstateKDError
+from ProstateKDLib.slicer_logic import ProstateKDLogic, ProstateKDParameters, segment_terminology
+
+# Packages the module needs besides Slicer's own numpy and SimpleITK (never reinstalled)
+# and torch (from the PyTorch extension).
+REQUIREMENTS = ("monai>=1.4,<1.7", "safetensors>=0.4", "scipy>=1.10", "psutil>=5.9", "tqdm>=4.60")
+NEVER_INSTALL = ("torch", "numpy", "SimpleITK")
+MINIMUM_TORCH = ">=2.2"
+PAPER = ('Ben Loussaief et al. (2023), "Knowledge Distillation for Adaptive MRI Prostate Segmentation '
+         'Based on Limit-Trained Multi-Teacher Models"')
+
+
+def _model_licences() -> str:
+    """One HTML line per model bundle found: name, version and licence."""
+    try:
+        from ProstateKDLib.bundle import find_bundles
+
+        bundles, _ = find_bundles()
+    except Exception as error:  # the help text must never break module loading
+        return f"<li>models could not be listed: {error}</li>"
+    return "".join(f"<li>{b.meta.name} {b.meta.version}: licence {b.meta.license}</li>" for b in bundles)
+
+
+class ProstateKD(ScriptedLoadableModule):
+    """Module description shown in Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "ProstateKD"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["ProstateKD contributors"]
+        self.parent.helpText = (
+            "Segments the prostate gland on an axial T2-weighted MRI volume with a small student network "
+            "trained by knowledge distillation from several teachers. Choose the input volume and a model, "
+            "click Apply: a 'Prostate' segment (SNOMED CT 41216001) is created in a few seconds on a CPU. "
+            "Correct it with 'Edit in Segment Editor', then 'Save as training case' writes the image and the "
+            "corrected mask into a multi-site data set for retraining.<br>Models and their licences:<ul>"
+            f"{_model_licences()}</ul>Please cite {PAPER}."
+        )
+        self.parent.acknowledgementText = (
+            "Built on 3D Slicer, MONAI, PyTorch and SimpleITK. The method follows " + PAPER + "."
+        )
+
+
+class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel: input, model, device, Apply/Cancel, Edit, Save as training case."""
+
+    POLL_MS = 200
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: ProstateKDLogic | None = None
+        self.parameters: ProstateKDParameters | None = None
+        self.bundles: list = []
+        self.job = None
+        self.dependenciesReady = False
+        self._updating = False
+
+    # ------------------------------------------------------------- set-up
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ProstateKD.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = ProstateKDLogic(slicer.mrmlScene)
+        self.timer = qt.QTimer()
+        self.timer.setInterval(self.POLL_MS)
+        self.timer.connect("timeout()", self.onPoll)
+        self.ui.progressBar.hide()
+        self.populateModels()
+        self.populateDevices()
+
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParametersFromGUI)
+        self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParametersFromGUI)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.updateParametersFromGUI)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateParametersFromGUI)
+        self.ui.largestComponentCheckBox.connect("toggled(bool)", self.updateParametersFromGUI)
+        self.ui.datasetFolderPathLineEdit.connect("currentPathChanged(QString)", self.updateParametersFromGUI)
+        self.ui.siteLineEdit.connect("textChanged(QString)", self.updateParametersFromGUI)
+        self.ui.applyButton.connect("clicked(bool)", self.onApply)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.editButton.connect("clicked(bool)", self.onEdit)
+        self.ui.saveCaseButton.connect("clicked(bool)", self.onSaveCase)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameters()
+
+    def cleanup(self) -> None:
+        self.onCancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameters()
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.onCancel()
+        self.setParameters(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameters()
+
+    # ----------------------------------------------------------- parameters
+    def initializeParameters(self) -> None:
+        parameters = self.logic.parameters()
+        if parameters.input_volume is None:
+            parameters.input_volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not parameters.model and self.bundles:
+            parameters.model = self.bundles[0].meta.name
+        self.setParameters(parameters)
+
+    def setParameters(self, parameters: ProstateKDParameters | None) -> None:
+        if self.parameters is not None:
+            self.removeObserver(self.parameters.node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameters)
+        self.parameters = parameters
+        if parameters is not None:
+            self.addObserver(parameters.node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameters)
+        self.updateGUIFromParameters()
+
+    def updateGUIFromParameters(self, caller=None, event=None) -> None:
+        p = self.parameters
+        if p is None or self._updating:
+            return
+        self._updating = True
+        try:
+            self.ui.inputVolumeSelector.setCurrentNode(p.input_volume)
+            self.ui.outputSegmentationSelector.setCurrentNode(p.output_segmentation)
+            self._selectData(self.ui.modelComboBox, p.model, f"{p.model} (not found)")
+            self._selectData(self.ui.deviceComboBox, p.device, f"{p.device} (not available here)")
+            self.ui.largestComponentCheckBox.checked = p.largest_component
+            if self.ui.datasetFolderPathLineEdit.currentPath != p.dataset_folder:
+                self.ui.datasetFolderPathLineEdit.currentPath = p.dataset_folder
+            if self.ui.siteLineEdit.text != p.site:
+                self.ui.siteLineEdit.text = p.site
+        finally:
+            self._updating = False
+        self.updateModelInfo()
+        self.updateDeviceInfo()
+        self.updateButtons()
+
+    def updateParametersFromGUI(self, *args) -> None:
+        p = self.parameters
+        if p is None or self._updating:
+            return
+        self._updating = True
+        try:
+            p.input_volume = self.ui.inputVolumeSelector.currentNode()
+            p.output_segmentation = self.ui.outputSegmentationSelector.currentNode()
+            p.model = self.ui.modelComboBox.currentData or ""
+            p.device = self.ui.deviceComboBox.currentData or "auto"
+            p.largest_component = self.ui.largestComponentCheckBox.checked
+            p.dataset_folder = self.ui.datasetFolderPathLineEdit.currentPath
+            p.site = self.ui.siteLineEdit.text.strip()
+        finally:
+            self._updating = False
+        self.updateModelInfo()
+        self.updateDeviceInfo()
+        self.updateButtons()
+
+    @staticmethod
+    def _selectData(combo, value: str, missingText: str) -> None:
+        index = combo.findData(value)
+        if index < 0 and value:
+            combo.addItem(missingText, value)
+            index = combo.findData(value)
+        combo.setCurrentIndex(max(index, 0))
+
+    # ------------------------------------------------------- models, devices
+    def populateModels(self) -> None:
+        from ProstateKDLib.bundle import find_bundles
+
+        self.bundles, self.bundleProblems = find_bundles()
+        self.ui.modelComboBox.clear()
+        for bundle in self.bundles:
+            self.ui.modelComboBox.addItem(f"{bundle.meta.name} {bundle.meta.version}", bundle.meta.name)
+
+    def selectedBundle(self):
+        name = self.parameters.model if self.parameters else ""
+        return next((b for b in self.bundles if b.meta.name == name), None)
+
+    def updateModelInfo(self) -> None:
+        bundle = self.selectedBundle()
+        problems = "".join(f"<br><span style='color:#b00'>Invalid bundle: {p}</span>" for p in self.bundleProblems)
+        if bundle is None:
+            name = self.parameters.model if self.parameters else ""
+            text = f"Model '{name}' is not installed here." if name else "No model found."
+        else:
+            meta, provenance = bundle.meta, bundle.meta.provenance
+            dice = provenance.get("validation_dice")
+            text = (f"{meta.description}<br><b>Size:</b> {bundle.size_bytes() / 1e6:.1f} MB &nbsp; "
+                    f"<b>Licence:</b> {meta.license}<br><b>Trained on:</b> {provenance.get('training_data', '?')}"
+                    + (f" (validation Dice {dice:.3f})" if isinstance(dice, (int, float)) else ""))
+        self.ui.modelInfoLabel.text = text + problems
+        self.ui.modelComboBox.toolTip = text
+
+    def populateDevices(self) -> None:
+        """auto and CPU always; CUDA devices and MPS once torch can be imported here."""
+        combo = self.ui.deviceComboBox
+        combo.clear()
+        combo.addItem("auto (GPU if available, else CPU)", "auto")
+        combo.addItem("CPU", "cpu")
+        if importlib.util.find_spec("torch") is None:
+            return
+        try:
+            import torch
+
+            from ProstateKDLib.device import available_devices
+
+            for device in available_devices():
+                if device.startswith("cuda:"):
+                    combo.addItem(f"CUDA {device[5:]}: {torch.cuda.get_device_name(int(device[5:]))}", device)
+                elif device == "mps":
+                    combo.addItem("Apple MPS", "mps")
+        except Exception as error:  # a broken CUDA install must not break the panel
+            logging.warning(f"ProstateKD: cannot list GPUs: {error}")
+
+    def updateDeviceInfo(self) -> None:
+        device = self.parameters.device if self.parameters else "auto"
+        message = ""
+        if device not in ("auto", "cpu") and importlib.util.find_spec("torch") is not None:
+            try:
+                from ProstateKDLib.device import resolve_device
+
+                resolve_device(device)
+            except DeviceError as error:
+                message = f"<span style='color:#b00'>{error}. Choose another device.</span>"
+            except Exception as error:
+                message = f"<span style='color:#b00'>{device} cannot be used: {error}</span>"
+        elif device not in ("auto", "cpu"):
+            message = "PyTorch is not installed yet: GPUs are listed after the first Apply."
+        self.ui.deviceInfoLabel.text = message
+        self.deviceUsable = not message.startswith("<span")
+
+    def updateButtons(self) -> None:
+        p = self.parameters
+        running = self.job is not None
+        ready = p is not None and p.input_volume is not None and self.selectedBundle() is not None
+        self.ui.applyButton.enabled = ready and not running and getattr(self, "deviceUsable", True)
+        self.ui.cancelButton.enabled = running
+        hasOutput = p is not None and p.output_segmentation is not None
+        self.ui.editButton.enabled = hasOutput and not running
+        self.ui.saveCaseButton.enabled = (hasOutput and not running and p.input_volume is not None
+                                          and bool(p.dataset_folder) and bool(p.site))
+
+    # ------------------------------------------------------------ dependencies
+    def ensureDependencies(self) -> bool:
+        """Check torch (PyTorch extension), monai and the rest; offer to install what is missing."""
+        if self.dependenciesReady:
+            return True
+        if importlib.util.find_spec("SimpleITK") is None:
+            slicer.util.errorDisplay("SimpleITK is missing from this Slicer; ProstateKD will not reinstall it.")
+            return False
+        if not self._ensureTorch():
+            return False
+        missing = [r for r in REQUIREMENTS if not _satisfied(r)]
+        if missing:
+            try:
+                if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_ensure"):  # Slicer >= 5.12
+                    slicer.packaging.pip_ensure(missing, skip_packages=list(NEVER_INSTALL), requester="ProstateKD")
+                elif slicer.util.confirmOkCancelDisplay(
+                    "ProstateKD needs these Python packages: " + ", ".join(missing)
+                    + ".\nInstall them now? (this can take a few minutes)", "ProstateKD"
+                ):
+                    with slicer.util.WaitCursor():
+                        for requirement in missing:  # monai only needs torch and numpy, already here
+                            slicer.util.pip_install(requirement + (" --no-deps" if requirement.startswith("monai") else ""))
+                else:
+                    raise RuntimeError("installation declined")
+            except Exception as error:
+                still = [r for r in REQUIREMENTS if not _satisfied(r)]
+                slicer.util.errorDisplay(
+                    f"ProstateKD cannot segment: missing Python packages {', '.join(still or missing)} ({error}). "
+                    "Install them from this module (Apply) or with pip_install in the Python console."
+                )
+                return False
+        self.dependenciesReady = True
+        self.populateDevices()
+        self.updateGUIFromParameters()
+        return True
+
+    @staticmethod
+    def _ensureTorch() -> bool:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            if importlib.util.find_spec("torch") is not None:
+                return True
+            slicer.util.errorDisplay("ProstateKD needs PyTorch: install the 'PyTorch' extension from the "
+                                     "Extensions Manager, restart Slicer and click Apply again.")
+            return False
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if torchLogic.torchInstalled():
+            return True
+        if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=MINIMUM_TORCH) is None:
+            slicer.util.errorDisplay("PyTorch was not installed: ProstateKD cannot segment without it. "
+                                     "Install it with the 'PyTorch Util' module.")
+            return False
+        return True
+
+    # ---------------------------------------------------------------- actions
+    def onApply(self) -> None:
+        if self.job is not None or not self.ensureDependencies():
+            return
+        p = self.parameters
+        self.setStatus("Starting...")
+        try:
+            self.job = self.logic.start_segmentation(
+                p.input_volume, model=self.selectedBundle(), device=p.device, largest_component=p.largest_component
+            )
+        except ProstateKDError as error:
+            self.setStatus(f"<span style='color:#b00'>{error}</span>")
+            return
+        except Exception as error:
+            logging.exception("ProstateKD: could not start the segmentation")
+            self.setStatus(f"<span style='color:#b00'>Could not start the segmentation: {error}</span>")
+            return
+        self.ui.progressBar.setRange(0, 0)  # busy until the first progress line
+        self.ui.progressBar.show()
+        self.updateButtons()
+        self.timer.start()
+
+    def onPoll(self) -> None:
+        job = self.job
+        if job is None:
+            self.timer.stop()
+            return
+        for line in job.poll():
+            logging.info(f"ProstateKD: {line}")
+        if job.fraction > 0:
+            self.ui.progressBar.setRange(0, 100)
+            self.ui.progressBar.value = int(round(100 * job.fraction))
+        if job.message:
+            self.setStatus(job.message)
+        if job.finished:
+            self.timer.stop()
+            self.onFinished(job)
+
+    def onFinished(self, job) -> None:
+        p = self.parameters
+        try:
+            node, result = self.logic.finish_segmentation(job, p.input_volume, p.output_segmentation)
+        except CancelledError:
+            self.setStatus("Cancelled.")
+        except ProstateKDError as error:
+            self.setStatus(f"<span style='color:#b00'>{error}</span>")
+        except Exception as error:
+            logging.exception("ProstateKD: segmentation failed")
+            self.setStatus(f"<span style='color:#b00'>Segmentation failed: {error}</span>")
+        else:
+            p.output_segmentation = node
+            seconds = sum(result.timings.values())
+            warnings = "".join(f"<br><span style='color:#a60'>Warning: {w}</span>" for w in result.warnings)
+            self.setStatus(f"Prostate {result.volume_ml:.1f} ml, {seconds:.1f} s ({result.model}, {result.device})."
+                           + warnings)
+        finally:
+            self.job = None
+            self.ui.progressBar.hide()
+            self.updateButtons()
+
+    def onCancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.setStatus("Cancelling...")
+
+    def onEdit(self) -> None:
+        p = self.parameters
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(p.output_segmentation)
+        if p.input_volume is not None:
+            setSource = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode  # Slicer < 5.4
+            setSource(p.input_volume)
+
+    def onSaveCase(self) -> None:
+        p = self.parameters
+        try:
+            case = self.logic.save_training_case(p.input_volume, p.output_segmentation, p.dataset_folder, p.site)
+        except ProstateKDError as error:
+            self.ui.saveStatusLabel.text = f"<span style='color:#b00'>{error}</span>"
+            return
+        self.ui.saveStatusLabel.text = f"Saved {case.case_id} in {p.dataset_folder} (row added to {case.index.name})."
+
+    def setStatus(self, text: str) -> None:
+        self.ui.statusLabel.text = text
+        slicer.app.processEvents()
+
+
+def _satisfied(requirement: str) -> bool:
+    """Whether ``requirement`` (``name>=x``) is installed in this Python."""
+    from importlib import metadata
+
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # no 'packaging': importable is good enough
+        return importlib.util.find_spec(requirement.split(">")[0].split("<")[0]) is not None
+    parsed = Requirement(requirement)
+    try:
+        return parsed.specifier.contains(metadata.version(parsed.name), prereleases=True)
+    except metadata.PackageNotFoundError:
+        return False
+
+
+class ProstateKDTest(ScriptedLoadableModuleTest):
+    """The whole scenario on the bundled phantom: load, segment, check, save as a training case."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_segment_and_save_training_case()
+
+    def test_segment_and_save_training_case(self) -> None:
+        import numpy as np
+        import SimpleITK as sitk
+
+        for module in ("torch", "monai"):
+            if importlib.util.find_spec(module) is None:
+                self.skipTest(f"{module} is not installed in this Slicer (open the module and click Apply once)")
+        samples = Path(__file__).resolve().parent / "Resources" / "Samples"
+        self.delayDisplay("Loading the phantom sample")
+        volume = slicer.util.loadVolume(str(samples / "PhantomCase01.nii.gz"))
+        logic = ProstateKDLogic(slicer.mrmlScene)
+
+        self.delayDisplay("Segmenting with the default model (in this process)")
+        node, result = logic.segment(volume, device="cpu")
+        segmentation = node.GetSegmentation()
+        self.assertEqual(segmentation.GetNumberOfSegments(), 1)
+        segment = segmentation.GetNthSegment(0)
+        self.assertEqual(segment.GetName(), "Prostate")
+        self.assertIn("SCT^41216001^Prostate", segment_terminology(segment))
+        self.assertTrue(10 < result.volume_ml < 80, f"implausible gland volume {result.volume_ml:.1f} ml")
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(samples / "PhantomCase01_segmentation.nii.gz"))) > 0
+        mask = sitk.GetArrayFromImage(result.mask) > 0
+        dice = 2 * (mask & reference).sum() / (mask.sum() + reference.sum())
+        self.assertGreater(dice, 0.8)
+
+        self.delayDisplay("Segmenting again in a background process (PythonSlicer)")
+        job = logic.start_segmentation(volume, device="cpu")
+        job.wait(timeout=600)
+        node2, _ = logic.finish_segmentation(job, volume)
+        from ProstateKDLib.slicer_logic import segmentation_node_to_mask
+
+        background = sitk.GetArrayFromImage(segmentation_node_to_mask(node2, volume, slicer.mrmlScene))
+        np.testing.assert_array_equal(background, mask.astype(np.uint8))
+
+        self.delayDisplay("Saving as a training case")
+        with tempfile.TemporaryDirectory() as folder:
+            first = logic.save_training_case(volume, node, folder, "PHANTOM")
+            second = logic.save_training_case(volume, node, folder, "PHANTOM")
+            self.assertEqual((first.case_id, second.case_id), ("PHANTOM/Case00", "PHANTOM/Case01"))
+            self.assertTrue(first.image.is_file() and first.label.is_file())
+            rows = (Path(folder) / "dataset_index.csv").read_text().splitlines()
+            self.assertEqual(len(rows), 3)
+            from ProstateKDLib.dataset import index_multisite
+
+            self.assertEqual([r.case_id for r in index_multisite(folder)], ["PHANTOM/Case00", "PHANTOM/Case01"])
+        self.delayDisplay("ProstateKD test passed")

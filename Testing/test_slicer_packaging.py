@@ -1,0 +1,168 @@
+"""Static checks of the Slicer extension: CMake file lists, the .ui file, and import rules.
+
+Slicer installs only the files listed in CMakeLists.txt, so a new
+``ProstateKDLib`` module that is not listed works in a source checkout but
+breaks the installed extension: these tests catch that without Slicer.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CMAKE = ROOT / "CMakeLists.txt"
+MODULE = ROOT / "ProstateKD.py"
+UI_FILE = ROOT / "Resources" / "UI" / "ProstateKD.ui"
+GUI_PACKAGES = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "PythonQt", "qSlicerSegmentationsModuleWidgetsPythonQt"}
+LOGIC_FILE = "ProstateKDLib/slicer_logic.py"
+
+
+def _cmake_list(variable: str) -> list[str]:
+    text = CMAKE.read_text(encoding="utf-8")
+    match = re.search(rf"set\(\s*{variable}\s+(.*?)\)", text, re.S)
+    assert match, f"CMakeLists.txt does not set {variable}"
+    entries = [line.split("#")[0].strip() for line in match.group(1).splitlines()]
+    return [e.replace("${MODULE_NAME}", "ProstateKD") for e in entries if e]
+
+
+def _files(folder: str, pattern: str) -> list[str]:
+    return sorted(
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / folder).rglob(pattern)
+        if p.is_file() and "__pycache__" not in p.parts and not any(part.startswith(".") for part in p.parts[-1:])
+    )
+
+
+def test_every_python_file_is_listed_in_cmake():
+    listed = _cmake_list("MODULE_PYTHON_SCRIPTS")
+    missing = [f for f in ["ProstateKD.py", *_files("ProstateKDLib", "*.py")] if f not in listed]
+    assert not missing, f"add to MODULE_PYTHON_SCRIPTS in CMakeLists.txt: {missing}"
+    stale = [f for f in listed if not (ROOT / f).is_file()]
+    assert not stale, f"listed in MODULE_PYTHON_SCRIPTS but missing: {stale}"
+    assert len(listed) == len(set(listed)), "duplicate entries in MODULE_PYTHON_SCRIPTS"
+
+
+def test_every_resource_is_listed_in_cmake():
+    listed = _cmake_list("MODULE_PYTHON_RESOURCES")
+    resources = _files("Resources", "*")
+    for required in ("Resources/Icons/ProstateKD.png", "Resources/UI/ProstateKD.ui"):
+        assert required in resources, f"{required} is missing"
+    assert any(f.startswith("Resources/Models/") for f in resources)
+    assert any(f.startswith("Resources/Samples/") for f in resources)
+    missing = [f for f in resources if f not in listed]
+    assert not missing, f"add to MODULE_PYTHON_RESOURCES in CMakeLists.txt: {missing}"
+    stale = [f for f in listed if not (ROOT / f).is_file()]
+    assert not stale, f"listed in MODULE_PYTHON_RESOURCES but missing: {stale}"
+
+
+def test_cmake_builds_the_extension_and_its_tests():
+    text = CMAKE.read_text(encoding="utf-8")
+    for required in (
+        r"find_package\(Slicer REQUIRED\)",
+        r"include\(\$\{Slicer_USE_FILE\}\)",
+        r'set\(EXTENSION_CATEGORY "Segmentation"\)',
+        r'set\(EXTENSION_DEPENDS "PyTorch"\)',
+        r"set\(EXTENSION_HOMEPAGE ",
+        r"set\(EXTENSION_CONTRIBUTORS ",
+        r"set\(EXTENSION_DESCRIPTION ",
+        r"set\(EXTENSION_ICONURL ",
+        r"set\(EXTENSION_SCREENSHOTURLS ",
+        r"set\(MODULE_NAME ProstateKD\)",
+        r"slicerMacroBuildScriptedModule\(\s*NAME \$\{MODULE_NAME\}\s*SCRIPTS \$\{MODULE_PYTHON_SCRIPTS\}\s*"
+        r"RESOURCES \$\{MODULE_PYTHON_RESOURCES\}\s*WITH_GENERIC_TESTS\s*\)",
+        r"slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)",
+        r"include\(\$\{Slicer_EXTENSION_GENERATE_CONFIG\}\)",
+        r"include\(\$\{Slicer_EXTENSION_CPACK\}\)",
+    ):
+        assert re.search(required, text), f"CMakeLists.txt lacks {required}"
+
+
+def _ui_widgets() -> dict[str, str]:
+    tree = ElementTree.parse(UI_FILE)
+    return {w.get("name"): w.get("class") for w in tree.iter("widget")}
+
+
+def test_ui_file_is_valid_and_declares_its_custom_widgets():
+    tree = ElementTree.parse(UI_FILE)
+    assert tree.getroot().findtext("class") == "ProstateKD"
+    widgets = _ui_widgets()
+    assert widgets["ProstateKD"] == "qMRMLWidget"
+    declared = {c.findtext("class") for c in tree.iter("customwidget")}
+    custom = {cls for cls in widgets.values() if not cls.startswith("Q")}
+    assert custom <= declared, f"declare in <customwidgets>: {custom - declared}"
+    names = [w.get("name") for w in tree.iter("widget")]
+    assert len(names) == len(set(names)), "duplicate widget names in the .ui file"
+    expected = {
+        "inputVolumeSelector": "qMRMLNodeComboBox",
+        "outputSegmentationSelector": "qMRMLNodeComboBox",
+        "modelComboBox": "QComboBox",
+        "deviceComboBox": "QComboBox",
+        "largestComponentCheckBox": "QCheckBox",
+        "applyButton": "QPushButton",
+        "cancelButton": "QPushButton",
+        "progressBar": "QProgressBar",
+        "statusLabel": "QLabel",
+        "editButton": "QPushButton",
+        "datasetFolderPathLineEdit": "ctkPathLineEdit",
+        "siteLineEdit": "QLineEdit",
+        "saveCaseButton": "QPushButton",
+    }
+    for name, cls in expected.items():
+        assert widgets.get(name) == cls, f"{name} should be a {cls}"
+    output = next(w for w in tree.iter("widget") if w.get("name") == "outputSegmentationSelector")
+    properties = {p.get("name"): p for p in output.iter("property")}
+    assert properties["noneEnabled"].findtext("bool") == "true"  # "create new on Apply" by default
+    assert properties["addEnabled"].findtext("bool") == "true"
+    receivers = {c.findtext("receiver") for c in tree.iter("connection")}
+    assert {"inputVolumeSelector", "outputSegmentationSelector"} <= receivers  # they get the scene
+
+
+def test_widget_uses_only_names_from_the_ui_file():
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text(encoding="utf-8")))
+    assert used, "ProstateKD.py does not use self.ui"
+    missing = used - set(_ui_widgets())
+    assert not missing, f"ProstateKD.py uses widgets the .ui file lacks: {sorted(missing)}"
+
+
+def _imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    packages = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            packages |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            packages.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+            "import_module", "__import__"
+        ) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            packages.add(node.args[0].value.split(".")[0])
+    return packages
+
+
+@pytest.mark.parametrize("path", _files("ProstateKDLib", "*.py"))
+def test_library_imports_no_gui_packages(path):
+    imported = _imported_packages(ROOT / path)
+    if path == LOGIC_FILE:
+        forbidden = imported & (GUI_PACKAGES - {"slicer", "vtk", "vtkmodules"})
+        assert not forbidden, f"{path} may import slicer and vtk but not {sorted(forbidden)}"
+    else:
+        forbidden = imported & GUI_PACKAGES
+        assert not forbidden, f"{path} imports {sorted(forbidden)}; only {LOGIC_FILE} may import slicer/vtk"
+
+
+def test_module_file_defines_module_widget_and_test():
+    tree = ast.parse(MODULE.read_text(encoding="utf-8"))
+    classes = {node.name: [ast.unparse(b) for b in node.bases] for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert "ScriptedLoadableModule" in classes["ProstateKD"]
+    assert "ScriptedLoadableModuleWidget" in classes["ProstateKDWidget"]
+    assert "ScriptedLoadableModuleTest" in classes["ProstateKDTest"]
+    text = MODULE.read_text(encoding="utf-8")
+    assert 'self.parent.title = "ProstateKD"' in text
+    assert 'self.parent.categories = ["Segmentation"]' in text
+    assert "Knowledge Distillation for Adaptive MRI Prostate Segmentation" in text
+    assert "PhantomCase01.nii.gz" in text and (ROOT / "Resources/Samples/PhantomCase01.nii.gz").is_file()
