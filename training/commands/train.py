@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     config_path = args.config
     if config_path is None:
         if not args.resume:
-            raise ConfigError("train needs a CONFIG file (or --resume with the run's --run-dir)")
+            raise ConfigError(f"{args.command} needs a CONFIG file (or --resume with the run's --run-dir)")
         config_path = Path(args.run_dir) / "config.yaml"
     overrides: dict[str, Any] = {}
     if args.epochs is not None:
@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["train.device"] = args.device
     if args.data_root is not None:
         overrides["data.root"] = args.data_root
+    if getattr(args, "teachers", None):
+        overrides["teachers"] = list(args.teachers)
     config = load_config(config_path, overrides)
     run_dir = train(config, args.run_dir, resume=args.resume, progress=not args.quiet)
     print(f"run finished: {run_dir}")
