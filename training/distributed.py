@@ -124,10 +124,14 @@ def wrap_ddp(distiller: torch.nn.Module, ctx: DistContext, device: torch.device)
     """A callable ``(image, label) -> (logits, terms)``: DDP-wrapped when distributed."""
     if not ctx.enabled:
         return distiller.forward_train
+    import warnings
+
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(
-        TrainStep(distiller),
-        device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False,
-    )
+    with warnings.catch_warnings():  # newer torch renames broadcast_buffers; False keeps rank-local buffers
+        warnings.simplefilter("ignore", FutureWarning)
+        return DistributedDataParallel(
+            TrainStep(distiller),
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )

@@ -26,6 +26,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``train``."""
+    import os
     from pathlib import Path
 
     from ProstateKDLib.errors import ConfigError
@@ -49,5 +50,6 @@ def run(args: argparse.Namespace) -> int:
         overrides["teachers"] = list(args.teachers)
     config = load_config(config_path, overrides)
     run_dir = train(config, args.run_dir, resume=args.resume, progress=not args.quiet)
-    print(f"run finished: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(f"run finished: {run_dir}")
     return 0
