@@ -74,11 +74,11 @@ def read_saved_cases(path: str | os.PathLike) -> list[tuple[int, CaseRecord]]:
 
 def _has_site_cases(root: Path) -> bool:
     """True when some ``<root>/<SITE>/`` folder holds an image or label file."""
-    for site in root.iterdir():
-        if site.is_dir() and not site.name.startswith("."):
-            if any(p.is_file() and not p.name.startswith(".") and _suffix(p.name) for p in site.iterdir()):
-                return True
-    return False
+    return any(
+        any(p.is_file() and not p.name.startswith(".") and _suffix(p.name) for p in site.iterdir())
+        for site in root.iterdir()
+        if site.is_dir() and not site.name.startswith(".")
+    )
 
 
 def index_multisite_root(root: str | os.PathLike) -> list[CaseRecord]:

@@ -105,7 +105,11 @@ def _crop_to_union(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.nd
 def _monai_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> tuple[float, float, float]:
     """(Dice, HD95, ASD) with MONAI for two non-empty masks."""
     import torch
-    from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
+    from monai.metrics import (
+        compute_average_surface_distance,
+        compute_dice,
+        compute_hausdorff_distance,
+    )
 
     pred, ref = _crop_to_union(pred, ref)
     y_pred = torch.from_numpy(np.ascontiguousarray(pred))[None, None].float()

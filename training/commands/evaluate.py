@@ -38,17 +38,25 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``evaluate``."""
-    from ProstateKDLib.errors import DataError, InputError
+    import sys
+
+    from ProstateKDLib.errors import InputError
     from ProstateKDLib.memory import use_mmap_for_large_blocks
 
     from ..evaluate import evaluate, format_table, select_cases
 
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be at least 1, got {args.threads}")
+    problem = None
     if args.data is not None and (args.split is not None or args.fold is not None):
-        raise DataError("--split and --fold apply only with --index")
-    if args.index is not None and args.channel is not None:
-        raise DataError("--channel applies only with --data (an index records each case's channel)")
+        problem = "--split and --fold apply only with --index"
+    elif args.index is not None and args.channel is not None:
+        problem = "--channel applies only with --data (an index records each case's channel)"
+    elif args.fold is not None and args.fold < 0:
+        problem = f"--fold must be 0 or more, got {args.fold}"
+    if problem:
+        print(f"prostatekd evaluate: error: {problem}", file=sys.stderr)
+        return 2
     use_mmap_for_large_blocks()  # lower peak memory; this process is ours
     cases = select_cases(
         index=args.index, data=args.data, split=args.split or "test", fold=args.fold or 0, channel=args.channel
@@ -62,10 +70,16 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         num_threads=args.threads,
-        source={"index": args.index, "data": args.data,
+        source={"index": _resolved(args.index), "data": _resolved(args.data),
                 "split": None if args.data else (args.split or "test"),
                 "fold": None if args.data else (args.fold or 0)},
     )
     print(format_table(summary))
     print(f"results: {args.out} (per_case.csv, summary.json, dice.png, hd95_mm.png, asd_mm.png, volume_error_pct.png)")
     return 0
+
+
+def _resolved(path: str | None) -> str | None:
+    from pathlib import Path
+
+    return None if path is None else str(Path(path).expanduser().resolve())

@@ -6,6 +6,27 @@ import argparse
 from typing import Any
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _natural(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``prepare``."""
     parser = subparsers.add_parser(
@@ -18,15 +39,15 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("data", help="multi-site folder, MSD task folder (dataset.json) or .csv case list")
     parser.add_argument("--out", required=True, help="dataset index to write (.json)")
-    parser.add_argument("--folds", type=int, default=5, help="number of train/val folds (default 5; 1 = one split)")
+    parser.add_argument("--folds", type=_count, default=5, help="number of train/val folds (default 5; 1 = one split)")
     parser.add_argument(
-        "--val-fraction", type=float, default=None,
+        "--val-fraction", type=_fraction, default=None,
         help="validation fraction per site with --folds 1 (default 0.2)",
     )
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out test fraction per site (default 0.2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the splits (default 0)")
+    parser.add_argument("--test-fraction", type=_fraction, default=0.2, help="held-out test fraction per site (default 0.2)")
+    parser.add_argument("--seed", type=_natural, default=0, help="seed of the splits (default 0)")
     parser.add_argument(
-        "--channel", type=int, default=None,
+        "--channel", type=_natural, default=None,
         help="channel of multi-channel images (MSD default: the T2 channel from dataset.json)",
     )
     parser.add_argument(
@@ -47,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..prepare import BadCaseError, format_index_summary, prepare_index
 
+    if args.val_fraction is not None and args.folds > 1:
+        print("prostatekd prepare: error: --val-fraction applies only with --folds 1 "
+              f"(with {args.folds} folds each fold validates on 1/{args.folds} of the cases)", file=sys.stderr)
+        return 2
     try:
         index = prepare_index(
             args.data,
