@@ -1,6 +1,7 @@
 """Cases saved from Slicer: ``<root>/dataset_index.csv`` next to the multi-site folders.
 
-The Slicer module's "save as training case" writes the image and the
+The Slicer module's "save as training case"
+(:func:`ProstateKDLib.training_case.save_training_case`) writes the image and the
 corrected mask into a multi-site data folder and appends a row to
 ``<root>/dataset_index.csv`` with the columns ``case_id, site, image, label,
 source, added`` (paths relative to ``<root>`` or absolute; ``source`` says
@@ -12,14 +13,11 @@ folder scan; a row whose image the scan already found is not listed twice.
 from __future__ import annotations
 
 import csv
-import io
 import os
-import secrets
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .dataset import CaseRecord, _suffix, index_multisite
-from .errors import DataError, OutputError
+from .errors import DataError
 
 SAVED_INDEX = "dataset_index.csv"
 SAVED_COLUMNS = ("case_id", "site", "image", "label", "source", "added")
@@ -110,60 +108,3 @@ def index_multisite_root(root: str | os.PathLike) -> list[CaseRecord]:
             )
         records.append(record)
     return sorted(records, key=lambda r: r.case_id)
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return str(path.resolve())
-
-
-def append_saved_case(
-    root: str | os.PathLike,
-    case_id: str,
-    site: str,
-    image: str | os.PathLike,
-    label: str | os.PathLike,
-    source: str = "",
-    added: str | None = None,
-) -> Path:
-    """Add one row to ``<root>/dataset_index.csv`` (created with its header); return the CSV path.
-
-    Paths inside ``root`` are stored relative to it. The file is rewritten
-    atomically (temporary file + rename).
-
-    Raises:
-        DataError: ``case <id> is already in <csv>``; ``case <id>: image file not found: <path>``.
-        OutputError: ``data folder does not exist: <root>``; ``cannot write <csv>: <reason>``.
-    """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise OutputError(f"data folder does not exist: {root}")
-    for name, value in (("case_id", case_id), ("site", site)):
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-    image, label = Path(image).expanduser(), Path(label).expanduser()
-    for kind, file in (("image", image), ("label", label)):
-        if not file.is_file():
-            raise DataError(f"case {case_id}: {kind} file not found: {file}")
-    target = root / SAVED_INDEX
-    text = target.read_text(encoding="utf-8") if target.is_file() else ""
-    if text and any(r.case_id == case_id for _, r in read_saved_cases(target)):
-        raise DataError(f"case {case_id} is already in {target}")
-    row = io.StringIO()
-    writer = csv.writer(row, lineterminator="\n")
-    if not text:
-        writer.writerow(SAVED_COLUMNS)
-    elif not text.endswith("\n"):
-        text += "\n"
-    added = added or datetime.now(timezone.utc).isoformat(timespec="seconds")
-    writer.writerow([case_id, site, _relative(image, root), _relative(label, root), source, added])
-    temporary = target.with_name(f".{SAVED_INDEX}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        temporary.write_text(text + row.getvalue(), encoding="utf-8")
-        os.replace(temporary, target)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    return target

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from ProstateKDLib.cli import main
 from ProstateKDLib.dataset import CaseRecord, index_cases, load_case, read_case
 from ProstateKDLib.dataset_msd import index_msd, msd_default_channel
-from ProstateKDLib.dataset_saved import SAVED_INDEX, append_saved_case
+from ProstateKDLib.dataset_saved import SAVED_INDEX
 from ProstateKDLib.errors import DataError, OutputError
 from training.prepare import (
     BadCaseError,
@@ -123,44 +123,55 @@ def test_prepare_msd_keep_zones(tmp_path):
 
 # ------------------------------------------------------------ dataset_index.csv
 def test_saved_cases_are_added_once(phantoms, tmp_path):
+    from ProstateKDLib.training_case import save_training_case
+
     root = copy_of(phantoms, tmp_path)
     assert not (root / SAVED_INDEX).exists()
     folder_cases = index_cases(root)
-    # a case saved inside the tree (found by the scan too) and one saved elsewhere
-    append_saved_case(root, "RUNMC/Case00", "RUNMC", root / "RUNMC/Case00.nii.gz",
-                      root / "RUNMC/Case00_segmentation.nii.gz", source="Slicer")
+    # saved from Slicer into the tree: found by the folder scan and in dataset_index.csv, listed once
+    image = sitk.ReadImage(str(root / "BMC/Case00.nii.gz"))
+    label = sitk.ReadImage(str(root / "BMC/Case00_segmentation.nii.gz"))
+    saved = save_training_case(image, label, root, "RUNMC")
+    assert saved.case_id == "RUNMC/Case03" and (root / SAVED_INDEX).is_file()
+    cases = index_cases(root)
+    assert [c.case_id for c in cases].count("RUNMC/Case03") == 1 and len(cases) == len(folder_cases) + 1
+    # a row whose files live elsewhere (absolute paths) is added; an optional channel column is read
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     for name in ("Case00.nii.gz", "Case00_segmentation.nii.gz"):
         shutil.copy(root / "BMC" / name, elsewhere / name.replace("Case00", "Edited"))
-    append_saved_case(root, "SLICER/Edited", "SLICER", elsewhere / "Edited.nii.gz",
-                      elsewhere / "Edited_segmentation.nii.gz", source="Slicer", added="2026-11-22T10:00:00+00:00")
-    text = (root / SAVED_INDEX).read_text().splitlines()
-    assert text[0] == "case_id,site,image,label,source,added"
-    assert text[1].startswith("RUNMC/Case00,RUNMC,RUNMC/Case00.nii.gz,RUNMC/Case00_segmentation.nii.gz,Slicer,")
+    text = (root / SAVED_INDEX).read_text()
+    assert text.splitlines()[0] == "case_id,site,image,label,source,added"
+    row = f"SLICER/Edited,SLICER,{elsewhere / 'Edited.nii.gz'},{elsewhere / 'Edited_segmentation.nii.gz'},x,y\n"
+    (root / SAVED_INDEX).write_text(text + row)
     cases = index_cases(root)
-    assert len(cases) == len(folder_cases) + 1
-    assert [c.case_id for c in cases].count("RUNMC/Case00") == 1
+    assert len(cases) == len(folder_cases) + 2
     extra = next(c for c in cases if c.case_id == "SLICER/Edited")
-    assert extra.site == "SLICER" and extra.image == (elsewhere / "Edited.nii.gz").resolve()
-    with pytest.raises(DataError, match="case SLICER/Edited is already in"):
-        append_saved_case(root, "SLICER/Edited", "SLICER", elsewhere / "Edited.nii.gz", elsewhere / "Edited.nii.gz")
+    assert extra.site == "SLICER" and extra.image == elsewhere / "Edited.nii.gz" and extra.channel is None
     # the same case id as a scanned case, with another image: refused, naming the line
-    with open(root / SAVED_INDEX, "a") as handle:
-        handle.write(f"BMC/Case01,BMC,{elsewhere / 'Edited.nii.gz'},{elsewhere / 'Edited_segmentation.nii.gz'},x,y\n")
+    bad = f"BMC/Case01,BMC,{elsewhere / 'Edited.nii.gz'},{elsewhere / 'Edited_segmentation.nii.gz'},x,y\n"
+    (root / SAVED_INDEX).write_text(text + row + bad)
     with pytest.raises(DataError) as info:
         index_cases(root)
     assert str(info.value) == (
         f"dataset_index.csv line 4: case BMC/Case01 is also in the folder scan with another image "
         f"({root / 'BMC/Case01.nii.gz'})"
     )
+    (root / SAVED_INDEX).write_text(text + "RUNMC/Gone,RUNMC,RUNMC/Gone.nii.gz,RUNMC/Gone_seg.nii.gz,x,y\n")
+    with pytest.raises(DataError) as info:
+        index_cases(root)
+    assert str(info.value) == f"case RUNMC/Gone: image file not found: {root / 'RUNMC/Gone.nii.gz'}"
 
 
 def test_saved_cases_alone(phantoms, tmp_path):
     root = tmp_path / "only_saved"
     root.mkdir()
-    append_saved_case(root, "A/One", "A", phantoms / "BMC/Case00.nii.gz", phantoms / "BMC/Case00_segmentation.nii.gz")
-    assert [c.case_id for c in index_cases(root)] == ["A/One"]
+    (root / SAVED_INDEX).write_text(
+        "case_id,site,image,label,source,added,channel\n"
+        f"A/One,A,{phantoms / 'BMC/Case00.nii.gz'},{phantoms / 'BMC/Case00_segmentation.nii.gz'},,,0\n"
+    )
+    cases = index_cases(root)
+    assert [(c.case_id, c.channel) for c in cases] == [("A/One", 0)]
 
 
 # -------------------------------------------------------------------- splits
