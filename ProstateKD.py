@@ -80,6 +80,7 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.bundles: list = []
         self.job = None
         self.dependenciesReady = False
+        self.deviceUsable = True
         self._updating = False
 
     # ------------------------------------------------------------- set-up
@@ -114,14 +115,14 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameters()
 
     def cleanup(self) -> None:
-        self.onCancel()
+        self.stopJob()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameters()
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.onCancel()
+        self.stopJob()
         self.setParameters(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -130,11 +131,15 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ----------------------------------------------------------- parameters
     def initializeParameters(self) -> None:
+        from ProstateKDLib.bundle import DEFAULT_MODEL
+
         parameters = self.logic.parameters()
         if parameters.input_volume is None:
-            parameters.input_volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            parameters.input_volume = next((v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")), None)
         if not parameters.model and self.bundles:
-            parameters.model = self.bundles[0].meta.name
+            names = [b.meta.name for b in self.bundles]
+            parameters.model = DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
         self.setParameters(parameters)
 
     def setParameters(self, parameters: ProstateKDParameters | None) -> None:
@@ -263,7 +268,7 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self.parameters
         running = self.job is not None
         ready = p is not None and p.input_volume is not None and self.selectedBundle() is not None
-        self.ui.applyButton.enabled = ready and not running and getattr(self, "deviceUsable", True)
+        self.ui.applyButton.enabled = ready and not running and self.deviceUsable
         self.ui.cancelButton.enabled = running
         hasOutput = p is not None and p.output_segmentation is not None
         self.ui.editButton.enabled = hasOutput and not running
@@ -283,8 +288,9 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         missing = [r for r in REQUIREMENTS if not _satisfied(r)]
         if missing:
             try:
-                if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_ensure"):  # Slicer >= 5.12
-                    slicer.packaging.pip_ensure(missing, skip_packages=list(NEVER_INSTALL), requester="ProstateKD")
+                pipEnsure = _pipEnsure()
+                if pipEnsure is not None:  # Slicer >= 5.12: asks, installs with progress, offers a restart
+                    pipEnsure(missing, skip_packages=list(NEVER_INSTALL), requester="ProstateKD")
                 elif slicer.util.confirmOkCancelDisplay(
                     "ProstateKD needs these Python packages: " + ", ".join(missing)
                     + ".\nInstall them now? (this can take a few minutes)", "ProstateKD"
@@ -342,6 +348,7 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.exception("ProstateKD: could not start the segmentation")
             self.setStatus(f"<span style='color:#b00'>Could not start the segmentation: {error}</span>")
             return
+        self.setStatus("Segmenting in a background process...")
         self.ui.progressBar.setRange(0, 0)  # busy until the first progress line
         self.ui.progressBar.show()
         self.updateButtons()
@@ -386,9 +393,17 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateButtons()
 
     def onCancel(self) -> None:
+        """Kill the process; the next poll reports the cancellation."""
         if self.job is not None:
             self.job.cancel()
             self.setStatus("Cancelling...")
+
+    def stopJob(self) -> None:
+        """Kill the process and forget it (scene closing, module reloaded): nothing is imported."""
+        self.timer.stop()
+        if self.job is not None:
+            self.job.cleanup()
+            self.job = None
 
     def onEdit(self) -> None:
         p = self.parameters
@@ -411,6 +426,16 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
         slicer.app.processEvents()
+
+
+def _pipEnsure():
+    """``slicer.packaging.pip_ensure`` (Slicer >= 5.12) or None."""
+    try:
+        import slicer.packaging
+
+        return slicer.packaging.pip_ensure
+    except (ImportError, AttributeError):
+        return None
 
 
 def _satisfied(requirement: str) -> bool:

@@ -45,6 +45,13 @@ PROSTATE_TAG = slicer_terminology_tag(PROSTATE_TERMINOLOGY)
 @pytest.fixture
 def scene() -> Any:
     """An MRML scene with application, colors, volumes and segmentations logics (about 15 ms)."""
+    scene = new_scene()
+    yield scene
+    scene.Clear(1)
+
+
+def new_scene() -> Any:
+    """A new MRML scene with application, colors, volumes and segmentations logics."""
     scene = slicer.vtkMRMLScene()
     app = slicer.vtkSlicerApplicationLogic()
     app.SetMRMLScene(scene)
@@ -61,8 +68,7 @@ def scene() -> Any:
         app.SetModuleLogic(name, logic)
         logics.append(logic)
     scene._keep_alive = (app, logics)  # the logics live as long as the scene
-    yield scene
-    scene.Clear(1)
+    return scene
 
 
 def scene_state(scene: Any) -> list[tuple[str, str]]:
@@ -389,3 +395,39 @@ def test_parameters_live_in_one_scene_node(scene):
     assert (again.dataset_folder, again.site, again.input_volume) == ("/data/kd", "RUNMC", volume)
     assert again.output_segmentation is None
     assert again.node.GetParameter("LargestComponent") == "false"
+
+
+def test_channel_of_a_multichannel_volume(scene, make_volume):
+    image = make_volume()
+    voxels = sitk.GetArrayFromImage(image)
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "two echoes")
+    slicer.util.updateVolumeFromArray(node, np.stack([voxels * 0, voxels], axis=-1))
+    node.SetIJKToRASMatrix(vtk.vtkMatrix4x4())
+    reference = image_to_volume_node(image)
+    matrix = vtk.vtkMatrix4x4()
+    reference.GetIJKToRASMatrix(matrix)
+    node.SetIJKToRASMatrix(matrix)
+    second = volume_node_to_image(node, channel=1)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(second), voxels)
+    assert_same_geometry(second, image, tol=1e-12)
+    with pytest.raises(InputError, match=r"channel 2 out of range: volume 'two echoes' has 2 channels \(0-1\)"):
+        volume_node_to_image(node, channel=2)
+
+
+def test_sample_scenario_with_the_default_model(scene, tmp_path):
+    """What ProstateKDTest does inside Slicer: load the phantom, segment, check, save a training case."""
+    samples = Path(__file__).resolve().parents[1] / "Resources" / "Samples"
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "PhantomCase01")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(samples / "PhantomCase01.nii.gz"))
+    assert storage.ReadData(volume)
+    logic = ProstateKDLogic(scene)
+    node, result = logic.segment(volume, device="cpu")  # default model: the bundled student
+    check_prostate_segment(node)
+    assert 10 < result.volume_ml < 80 and result.warnings == []
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(samples / "PhantomCase01_segmentation.nii.gz"))) > 0
+    mask = sitk.GetArrayFromImage(segmentation_node_to_mask(node, volume, scene)) > 0
+    assert 2 * (mask & reference).sum() / (mask.sum() + reference.sum()) > 0.8
+    case = logic.save_training_case(volume, node, str(tmp_path), "PHANTOM")
+    assert case.case_id == "PHANTOM/Case00"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(case.label))), mask)

@@ -26,7 +26,7 @@ slicer = pytest.importorskip(
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package is not slicer-core (no vtkMRMLScene)", allow_module_level=True)
 
-from test_slicer_logic import add_volume, scene  # noqa: E402,F401  (the scene fixture)
+from test_slicer_logic import add_volume, new_scene  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,6 +103,14 @@ class FakeWidget:
 
     def stop(self) -> None:
         self.active = False
+
+
+@pytest.fixture
+def scene() -> Any:
+    """An MRML scene with the logics Slicer's application would attach."""
+    scene = new_scene()
+    yield scene
+    scene.Clear(1)
 
 
 @pytest.fixture
@@ -236,3 +244,16 @@ def test_cancel_and_errors_are_reported(widget, scene, make_volume):
     assert "cuda:7" in ui["deviceInfoLabel"].text and "not available" in ui["deviceInfoLabel"].text
     assert not ui["applyButton"].enabled
     assert ui["deviceComboBox"].currentData == "cuda:7"  # kept, shown as not available
+
+
+def test_entering_the_module_picks_a_volume_not_a_labelmap(widget, scene, make_volume):
+    from ProstateKDLib.slicer_logic import image_to_volume_node
+
+    image = make_volume(size=(32, 32, 8))
+
+    image_to_volume_node(image, scene, "a labelmap", labelmap=True)
+    volume = add_volume(scene, image, "T2")
+    widget.enter()
+    assert widget.parameters.input_volume is volume
+    assert widget.fakes["inputVolumeSelector"].currentNode() is volume
+    assert widget.parameters.model == "prostatekd-student"
