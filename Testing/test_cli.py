@@ -239,3 +239,16 @@ def test_phantom_command(run, tmp_path):
     assert "synthetic" in out
     code, _, err = run("phantom", str(tmp_path / "ph2"), "--sites", "MARS")
     assert code == 3 and "unknown site 'MARS'" in err
+
+
+def test_progress_lines_and_forced_largest_component(run, tmp_path, make_volume):
+    source = tmp_path / "case.nii.gz"
+    sitk.WriteImage(make_volume(), str(source))
+    code, out, err = run("segment", str(source), str(tmp_path / "m.nii.gz"), "--progress", "--largest-component")
+    assert code == 0
+    lines = [line for line in err.splitlines() if line.startswith("progress ")]
+    fractions = [float(line.split()[1]) for line in lines]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    with pytest.raises(SystemExit) as info:
+        run("segment", str(source), str(tmp_path / "n.nii.gz"), "--largest-component", "--no-largest-component")
+    assert info.value.code == 2

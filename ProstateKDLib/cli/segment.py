@@ -29,8 +29,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--model", default=None, help="bundle name or path (default: the bundled student)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--channel", type=int, default=None, help="channel of a 4D/multi-channel input")
-    parser.add_argument(
+    component = parser.add_mutually_exclusive_group()
+    component.add_argument(
         "--no-largest-component", action="store_true", help="keep every connected component"
+    )
+    component.add_argument(
+        "--largest-component", action="store_true", help="keep only the largest component (default: the model's choice)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -38,6 +42,10 @@ def add_parser(subparsers: Any) -> None:
         "--format", choices=sorted(OUTPUT_FORMATS), default="nii.gz", help="batch output format"
     )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument(
+        "--progress", action="store_true",
+        help="print 'progress <fraction> <message>' lines on stderr (for front ends such as 3D Slicer)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -61,16 +69,24 @@ def run(args: argparse.Namespace) -> int:
     segmenter = Segmenter(
         args.model,
         device=args.device,
-        largest_component=False if args.no_largest_component else None,
+        largest_component=False if args.no_largest_component else (True if args.largest_component else None),
         num_threads=args.threads,
     )
     if batch:
         return _run_batch(args, segmenter)
-    result = segmenter.segment_file(args.input, args.output, channel=args.channel, overwrite=args.overwrite)
+    result = segmenter.segment_file(
+        args.input, args.output, channel=args.channel, overwrite=args.overwrite,
+        progress=print_progress if args.progress else None,
+    )
     summary = result.summary()
     summary["model_path"] = str(segmenter.bundle.path)
     print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
+
+
+def print_progress(fraction: float, message: str) -> None:
+    """One machine-readable progress line on stderr, flushed at once."""
+    print(f"progress {fraction:.3f} {message}", file=sys.stderr, flush=True)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
