@@ -18,7 +18,6 @@ its own ``launcher`` (``slicer.util.launchConsoleProcess``) and interpreter
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import queue
@@ -55,16 +54,6 @@ def library_parent() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def cli_supports_progress() -> bool:
-    """Whether ``prostatekd segment`` has a ``--progress`` option (progress lines on its output)."""
-    from .cli import segment
-
-    parser = argparse.ArgumentParser(add_help=False)
-    segment.add_parser(parser.add_subparsers())
-    _, unknown = parser.parse_known_args(["segment", "input.nrrd", "mask.nrrd", "--progress"])
-    return "--progress" not in unknown
-
-
 def default_launcher(args: list[str], cwd: str) -> "subprocess.Popen[str]":
     """Start ``args`` with stdout and stderr merged into one text pipe."""
     return subprocess.Popen(
@@ -99,8 +88,8 @@ class BackgroundSegmentation:
         image: the 3D SimpleITK volume to segment (written to a temporary NRRD).
         model: bundle name or path passed to ``--model``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        largest_component: False adds ``--no-largest-component``; True also keeps only the largest
-            component when the bundle does not; None follows the bundle.
+        largest_component: True/False passes ``--largest-component``/``--no-largest-component``;
+            None follows the bundle.
         python: the interpreter (default: this one; in 3D Slicer ``PythonSlicer``).
         launcher: ``launcher(args, cwd) -> Popen`` with text stdout (stderr merged).
     """
@@ -148,11 +137,9 @@ class BackgroundSegmentation:
                 str(self.input_path), str(self.output_path), "--json", "--device", self.device]
         if self.model:
             args += ["--model", str(self.model)]
-        if self.largest_component is False:
-            args.append("--no-largest-component")
-        if cli_supports_progress():
-            args.append("--progress")
-        return args
+        if self.largest_component is not None:
+            args.append("--largest-component" if self.largest_component else "--no-largest-component")
+        return args + ["--progress"]
 
     def start(self) -> "BackgroundSegmentation":
         """Write the input and start the child process; returns self."""
@@ -273,22 +260,13 @@ class BackgroundSegmentation:
             raise error_class(detail)
         summary = self.summary
         mask = sitk.ReadImage(str(self.output_path))
-        volume_ml = float(summary.get("volume_ml", 0.0))
-        if self.largest_component:
-            # The command line can only turn the bundle's setting off; applying it again is harmless.
-            from .postprocessing import keep_largest_component, mask_volume_ml
-
-            labels = keep_largest_component(sitk.GetArrayFromImage(mask))
-            kept = sitk.GetImageFromArray(labels)
-            kept.CopyInformation(mask)
-            mask, volume_ml = kept, mask_volume_ml(labels, mask.GetSpacing())
         return SegmentationResult(
             mask=mask,
             model=summary.get("model", ""),
             device=summary.get("device", ""),
             input_size=tuple(summary.get("input_size", mask.GetSize())),
             input_spacing=tuple(summary.get("input_spacing_mm", mask.GetSpacing())),
-            volume_ml=volume_ml,
+            volume_ml=float(summary.get("volume_ml", 0.0)),
             warnings=list(summary.get("warnings", [])),
             timings=dict(summary.get("timings_s", {})),
         )
