@@ -303,3 +303,29 @@ def test_torchrun_two_cpu_processes(data_root, tmp_path, model_json):
     assert last["step"] == 2  # batches of 2 per rank: ceil(3 / 2)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "checkpoint_best.pt", "checkpoint_last.pt", "config.yaml", "log.csv", "run.json"]
+
+
+# ------------------------------------------------------------------ the comparison recipe
+def test_compare_recipe_tiny(tmp_path, capsys):
+    """``compare_kd.py --scale tiny``: every teacher and student trained, evaluated and reported."""
+    from training.recipes.compare_kd import METHODS, main
+
+    out = tmp_path / "compare"
+    assert main(["--out", str(out), "--scale", "tiny", "--quiet"]) == 0
+    assert "| multi_teacher_adaptive | student | per-site teachers |" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    names = [m["model"] for m in results["models"]]
+    assert names == ["teacher_BMC", "teacher_RUNMC", "teacher_full", *METHODS]
+    assert "synthetic phantoms" in results["meta"]["note"]
+    students = [m for m in results["models"] if m["role"] == "student"]
+    assert len({m["parameters"] for m in students}) == 1  # the same student architecture for every method
+    assert all(m["gflops_320x320x24"] > 0 and m["cpu_latency_s"] > 0 and 0 <= m["dice_mean"] <= 1
+               for m in results["models"])
+    assert len(results["per_case"]) == 8 * 2  # 8 models x 2 held-out test cases
+    for name in ("results.md", "results.csv", "dice_per_method.png", "dice_vs_latency.png"):
+        assert (out / name).stat().st_size > 0
+    assert "measured on synthetic phantoms" in (out / "results.md").read_text()
+    budgets = {json.loads((out / "students" / m / "run.json").read_text())["parameters"] for m in METHODS}
+    assert len(budgets) == 1
+    epochs = {len(list(csv.DictReader(open(out / "students" / m / "log.csv")))) for m in METHODS}
+    assert epochs == {2}  # the same epoch budget

@@ -1,0 +1,1 @@
+"""One-command experiments built on the training package (e.g. ``compare_kd``)."""

@@ -1,0 +1,270 @@
+"""Compare distillation methods on one phantom multi-site split, in one command.
+
+    python training/recipes/compare_kd.py --out runs/compare --scale small   # about 20-25 min, 2 CPU cores
+    python training/recipes/compare_kd.py --out /tmp/cmp --scale tiny        # under 2 min (a smoke test)
+
+Steps (each a folder under ``--out``; ``--resume`` keeps finished ones):
+
+1. ``data/``: synthetic phantoms of several sites; per site, ``test_per_site``
+   cases are held out (``test.csv``), the rest form the training pool (``train.csv``).
+2. ``teachers_site/``: limit-trained teachers, one per site (``train-teacher --subsets per-site``);
+   ``teacher_full/``: one teacher on the whole pool (``--subsets all``).
+3. ``students/<method>/``: the same student architecture and epoch budget with
+   ``none``, ``logit_kd`` and ``seed_kd`` (from the full teacher) and
+   ``multi_teacher_mean`` and ``multi_teacher_adaptive`` (from the per-site teachers),
+   each exported to ``students/<method>/bundle``.
+4. ``eval/``: every teacher and student segments the same held-out test cases
+   through the inference path (``training.evaluate``: ``prostatekd evaluate``'s
+   code, i.e. :class:`~ProstateKDLib.inference.Segmenter`), Dice on the input grid.
+5. ``results.md``, ``results.csv``, ``results.json``, ``dice_per_method.png``,
+   ``dice_vs_latency.png``: Dice per site and mean, parameters, GFLOPs of one
+   forward pass on a 320x320x24 volume, CPU latency per 320x320x24 volume
+   (2 threads, all models measured side by side in this run; ``tiny``: a
+   96x96x12 volume), training time.
+
+All numbers come from synthetic phantoms: they check the pipeline and compare
+methods under identical conditions; they say nothing about accuracy on MRI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+SCALES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "sites": ["BMC", "RUNMC"], "cases_per_site": 3, "test_per_site": 1, "size": [48, 48, 12],
+        "spacing": [4.0, 4.0, 6.0], "patch": [32, 32, 16], "strides": [2, 2],
+        "teacher": [8, 16, 32], "teacher_res": 0, "student": [4, 8, 16], "student_res": 0,
+        "epochs": 2, "teacher_epochs": 2, "patches_per_volume": 1, "val_fraction": 0.34, "latency_rounds": 1,
+        "latency_volume": [96, 96, 12],  # a smoke test: the standard 320x320x24 volume only at other scales
+    },
+    "small": {
+        "sites": ["BMC", "HK", "RUNMC", "UCL"], "cases_per_site": 8, "test_per_site": 2, "size": [128, 128, 24],
+        "spacing": [2.0, 2.0, 4.0], "patch": [64, 64, 16], "strides": [[2, 2, 1], 2, 2],
+        "teacher": [16, 32, 64, 128], "teacher_res": 2, "student": [8, 16, 32, 64], "student_res": 1,
+        "epochs": 30, "teacher_epochs": 30, "patches_per_volume": 2, "val_fraction": 0.17, "latency_rounds": 3,
+        "latency_volume": [320, 320, 24],
+    },
+}
+METHODS = {  # student method -> which teachers
+    "none": None,
+    "logit_kd": "full",
+    "seed_kd": "full",
+    "multi_teacher_mean": "site",
+    "multi_teacher_adaptive": "site",
+}
+WEIGHTS = {
+    "none": {"dice": 1.0, "ce": 1.0},
+    "logit_kd": {"dice": 1.0, "ce": 1.0, "kl": 1.0},
+    "seed_kd": {"dice": 1.0, "lovasz": 1.0, "kl": 1.0, "feature": 1.0},
+    "multi_teacher_mean": {"dice": 1.0, "lovasz": 1.0, "kl": 1.0, "feature": 1.0},
+    "multi_teacher_adaptive": {"dice": 1.0, "lovasz": 1.0, "kl": 1.0, "feature": 1.0},
+}
+PHANTOM_NOTE = "measured on synthetic phantoms (ProstateKDLib.phantom), not MRI"
+
+
+# ------------------------------------------------------------------ data and configs
+def make_data(out: Path, scale: dict[str, Any], seed: int) -> tuple[Path, list[Any]]:
+    """Phantoms plus ``train.csv`` (pool) and ``test.csv`` (held out); returns (pool csv, test cases)."""
+    import zlib
+
+    import numpy as np
+
+    from ProstateKDLib.dataset import index_cases, read_case_csv
+    from ProstateKDLib.phantom import write_phantom_dataset
+
+    data = out / "data"
+    pool_csv, test_csv = data / "train.csv", data / "test.csv"
+    if not test_csv.is_file():
+        write_phantom_dataset(data / "cases", scale["cases_per_site"], seed=seed, sites=scale["sites"],
+                              size=tuple(scale["size"]), overwrite=True)
+        cases = index_cases(data / "cases")
+        test = []
+        for site in scale["sites"]:
+            mine = [c for c in cases if c.site == site]
+            order = np.random.default_rng([seed, zlib.crc32(site.encode())]).permutation(len(mine))
+            test += [mine[i] for i in order[: scale["test_per_site"]]]
+        for path, items in ((pool_csv, [c for c in cases if c not in test]), (test_csv, test)):
+            with open(path, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["image", "label", "site"])
+                writer.writerows([[str(c.image), str(c.label), c.site] for c in items])
+    return pool_csv, read_case_csv(test_csv)
+
+
+def base_config(pool: Path, scale: dict[str, Any], role: str, threads: int) -> dict[str, Any]:
+    """Config dict of a teacher (``role="teacher"``) or a student, on the shared grid."""
+    teacher = role == "teacher"
+    return {
+        "data": {"root": str(pool), "val_fraction": scale["val_fraction"], "seed": 0},
+        "model": {"network": "unet", "kwargs": {
+            "channels": scale["teacher" if teacher else "student"], "strides": scale["strides"],
+            "num_res_units": scale["teacher_res" if teacher else "student_res"], "norm": "instance"}},
+        "preprocessing": {"orientation": "RAS", "spacing": scale["spacing"], "patch_size": scale["patch"],
+                          "normalization": {"name": "zscore", "clip_percentiles": [0.5, 99.5]}},
+        "train": {"epochs": scale["teacher_epochs" if teacher else "epochs"], "batch_size": 2,
+                  "learning_rate": 0.002, "weight_decay": 1e-5, "patches_per_volume": scale["patches_per_volume"],
+                  "seed": 0, "device": "cpu", "num_threads": threads, "amp": False},
+        "distiller": {"name": "none", "weights": dict(WEIGHTS["none"])},
+        "export": {"name": f"compare-{role}", "version": "0.0.1",
+                   "description": f"{role} of the KD comparison recipe ({PHANTOM_NOTE})",
+                   "training_data": f"synthetic phantoms, {len(scale['sites'])} sites; {PHANTOM_NOTE}"},
+    }
+
+
+# ------------------------------------------------------------------ the stages
+def _timed(record: dict[str, float], key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    record[key] = record.get(key, 0.0) + time.perf_counter() - start
+    return out
+
+
+def train_all(out: Path, pool: Path, scale: dict[str, Any], threads: int, jobs: int, resume: bool,
+              progress: bool) -> dict[str, Any]:
+    """Teachers then students; returns ``{model key: {"bundle", "role", "method", "teachers", "train_s"}}``."""
+    from ProstateKDLib.bundle import load_bundle
+    from ProstateKDLib.networks import count_parameters
+    from training.config import config_from_dict
+    from training.export import export_run
+    from training.train import train
+    from training.train_teacher import train_teachers
+
+    timings_path = out / "timings.json"
+    timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    teacher_cfg = config_from_dict(base_config(pool, scale, "teacher", threads), "teacher.yaml")
+    models: dict[str, Any] = {}
+    for kind, subsets in (("site", "per-site"), ("full", "all")):
+        folder = out / f"teachers_{kind}" if kind == "site" else out / "teacher_full"
+        if not (folder / "teachers.json").is_file():
+            print(f"== teachers ({subsets})", flush=True)
+            _timed(timings, f"teachers_{kind}", train_teachers, teacher_cfg, folder, subsets=subsets,
+                   jobs=jobs, resume=resume or folder.exists(), progress=progress)
+            timings_path.write_text(json.dumps(timings, indent=1))
+        listing = json.loads((folder / "teachers.json").read_text())
+        for record in listing["teachers"]:
+            key = "teacher_full" if kind == "full" else f"teacher_{record['name']}"
+            run = folder / record["run_dir"]
+            models[key] = {"bundle": str(folder / record["bundle"]), "role": "teacher",
+                           "method": "none (teacher)", "teachers": "",
+                           "subset": record["training_subset"], "train_s": _run_seconds(run)}
+    teacher_dirs = {"full": [str(out / "teacher_full")], "site": [str(out / "teachers_site")]}
+    for method, source in METHODS.items():
+        run, bundle = out / "students" / method, out / "students" / method / "bundle"
+        if not (bundle / "model.json").is_file():
+            print(f"== student: {method}", flush=True)
+            data = base_config(pool, scale, "student", threads)
+            data["distiller"] = {"name": method, "weights": dict(WEIGHTS[method])}
+            data["export"]["name"] = f"compare-student-{method.replace('_', '-')}"
+            if source:
+                data["teachers"] = teacher_dirs[source]
+            config = config_from_dict(data, f"{method}.yaml")
+            again = (run / "checkpoint_last.pt").is_file()
+            _timed(timings, method, train, config, run, resume=again, progress=progress)
+            export_run(run, bundle, overwrite=True)
+            timings_path.write_text(json.dumps(timings, indent=1))
+        models[method] = {"bundle": str(bundle), "role": "student", "method": method,
+                          "teachers": {"full": "full-data teacher", "site": "per-site teachers"}.get(source or "", ""),
+                          "subset": "all training cases", "train_s": _run_seconds(run)}
+    for value in models.values():
+        value["parameters"] = count_parameters(load_bundle(value["bundle"]).build_network())
+    return models
+
+
+def _run_seconds(run: Path) -> float:
+    """Training time of a run: the sum of its epochs' seconds (log.csv), validation included."""
+    with open(run / "log.csv", newline="", encoding="utf-8") as handle:
+        return sum(float(row["seconds"]) for row in csv.DictReader(handle))
+
+
+def evaluate_all(out: Path, models: dict[str, Any], test: list[Any], threads: int) -> list[dict[str, Any]]:
+    """Per-case Dice rows ``{"model", "case", "site", "dice"}`` of every model on the test cases."""
+    import shutil
+
+    from training.evaluate import evaluate
+
+    folder = out / "eval"
+    if folder.exists():
+        shutil.rmtree(folder)
+    keys = list(models)
+    summary = evaluate([models[k]["bundle"] for k in keys], test, folder, device="cpu", progress=False,
+                       num_threads=threads, source={"recipe": "compare_kd", "test_csv": str(out / "data" / "test.csv")})
+    by_bundle = {str(Path(v["bundle"]).resolve()): name for name, v in summary["models"].items()}
+    display_to_key = {by_bundle[str(Path(models[k]["bundle"]).resolve())]: k for k in keys}
+    with open(folder / "per_case.csv", newline="", encoding="utf-8") as handle:
+        return [{"model": display_to_key[r["model"]], "case": r["case"], "site": r["site"],
+                 "dice": float(r["dice"]) if r["dice"] not in ("", "nan") else float("nan")}
+                for r in csv.DictReader(handle)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the recipe; prints the results table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder (created; --resume to continue one)")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
+    parser.add_argument("--seed", type=int, default=0, help="phantom and split seed")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for training, inference and latency")
+    parser.add_argument("--jobs", type=int, default=1, help="per-site teachers trained in parallel processes")
+    parser.add_argument("--resume", action="store_true", help="keep finished stages of --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from ProstateKDLib.bundle import load_bundle
+    from ProstateKDLib.errors import OutputError
+    from ProstateKDLib.phantom import make_phantom
+
+    from training.complexity import bundle_gflops, measure_latency
+    from training.recipes.compare_report import write_report
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()) and not args.resume:
+        raise OutputError(f"{out} is not empty; use --resume to continue it, or choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    scale = copy.deepcopy(SCALES[args.scale])
+    started = time.perf_counter()
+    pool, test = make_data(out, scale, args.seed)
+    models = train_all(out, pool, scale, args.threads, args.jobs, args.resume, not args.quiet)
+    print("== evaluation on the held-out test cases", flush=True)
+    rows = evaluate_all(out, models, test, args.threads)
+    print("== complexity and latency", flush=True)
+    bundles = [load_bundle(m["bundle"]) for m in models.values()]
+    latency_size = tuple(scale["latency_volume"])
+    volume, _ = make_phantom(args.seed + 12345, "RUNMC", latency_size)
+    latencies = measure_latency(bundles, volume, rounds=scale["latency_rounds"], threads=args.threads)
+    for (key, model), bundle, latency in zip(models.items(), bundles, latencies):
+        model["gflops"] = bundle_gflops(bundle)
+        model["latency_s"] = latency
+    meta = {"scale": args.scale, "settings": scale, "seed": args.seed, "threads": args.threads,
+            "test_cases": [c.case_id for c in test], "note": f"All numbers {PHANTOM_NOTE}.",
+            "latency_input": f"{'x'.join(map(str, latency_size))} phantom (RUNMC profile, "
+            f"{'x'.join(f'{s:g}' for s in volume.GetSpacing())} mm)",
+            "recipe_seconds": time.perf_counter() - started}
+    table = write_report(out, models, rows, scale["sites"], meta)
+    print(table)
+    print(f"results: {out}/results.md (also .csv, .json, dice_per_method.png, dice_vs_latency.png); "
+          f"{meta['recipe_seconds']:.0f} s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    from ProstateKDLib.errors import ProstateKDError
+
+    try:
+        sys.exit(main())
+    except ProstateKDError as exc:
+        print(f"compare_kd: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
