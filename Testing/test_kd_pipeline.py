@@ -275,6 +275,40 @@ def test_distill_refuses_a_teacher_on_another_grid(data_root, tmp_path, capsys, 
     assert "key 'teachers' lists 0 teachers but distiller 'logit_kd' needs at least 1 teacher" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------ TensorBoard
+def test_tensorboard_scalars_when_available(data_root, tmp_path, monkeypatch):
+    """With ``torch.utils.tensorboard`` importable every log column is also a scalar; without it run.json says why."""
+    import types
+
+    from training.config import config_from_dict
+    from training.train import train
+
+    calls: list[tuple[str, float, int]] = []
+
+    class FakeWriter:
+        def __init__(self, logdir: str) -> None:
+            self.logdir = logdir
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            calls.append((tag, value, step))
+
+        def flush(self) -> None: ...
+
+        def close(self) -> None: ...
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    config = config_from_dict(smoke_dict(data_root, **{"train.epochs": 1, "data.cases": 3}), "smoke.yaml")
+    run = train(config, tmp_path / "run", progress=False)
+    assert json.loads((run / "run.json").read_text())["tensorboard"] == {"enabled": True, "logdir": "tensorboard"}
+    assert {tag for tag, _, _ in calls} == {"train/loss", "train/dice", "train/ce", "train/lr", "train/seconds",
+                                           "val/dice"}
+    assert {step for _, _, step in calls} == {1}
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails like a missing package
+    run = train(config, tmp_path / "run2", progress=False)
+    info = json.loads((run / "run.json").read_text())["tensorboard"]
+    assert info["enabled"] is False and info["reason"].startswith("torch.utils.tensorboard unavailable")
+
+
 # ------------------------------------------------------------------ torchrun
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not installed")
@@ -301,7 +335,7 @@ def test_torchrun_two_cpu_processes(data_root, tmp_path, model_json):
     assert last["world_size"] == 2 and len(last["sampler_ranks"]) == 2 and last["distiller"]
     # 8 cases at val_fraction 0.34 -> 5 training volumes x 1 patch = 5 slots, padded to 6: 3 per rank
     assert last["step"] == 2  # batches of 2 per rank: ceil(3 / 2)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name != "tensorboard") == [
         "checkpoint_best.pt", "checkpoint_last.pt", "config.yaml", "log.csv", "run.json"]
 
 

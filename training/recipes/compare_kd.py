@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.recipes.compare_report import write_report
 
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = Path(args.out).expanduser().absolute()
     if out.is_dir() and any(out.iterdir()) and not args.resume:
         raise OutputError(f"{out} is not empty; use --resume to continue it, or choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
