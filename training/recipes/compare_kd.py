@@ -2,6 +2,8 @@
 
     python training/recipes/compare_kd.py --out runs/compare --scale small   # about 20-25 min, 2 CPU cores
     python training/recipes/compare_kd.py --out /tmp/cmp --scale tiny        # under 2 min (a smoke test)
+    python training/recipes/compare_kd.py --out runs/default --scale default --methods none,seed_kd
+        # the bundled default student (seed_kd) and its teacher at the bundle's grid; about 45 min
 
 Steps (each a folder under ``--out``; ``--resume`` keeps finished ones):
 
@@ -55,6 +57,35 @@ SCALES: dict[str, dict[str, Any]] = {
         "epochs": 30, "teacher_epochs": 30, "patches_per_volume": 2, "val_fraction": 0.17, "latency_rounds": 3,
         "latency_volume": [320, 320, 24],
     },
+    # The bundled models: full-size phantoms (each site's own matrix and spacing), the
+    # default student's grid and patch; its seed_kd student is exported as the default.
+    "default": {
+        "sites": ["BMC", "HK", "RUNMC", "UCL"], "cases_per_site": 8, "test_per_site": 2, "size": None,
+        "spacing": [0.8, 0.8, 3.0], "patch": [128, 128, 32], "strides": [[2, 2, 1], 2, 2],
+        "teacher": [16, 32, 64, 128], "teacher_res": 2, "student": [8, 16, 32, 64], "student_res": 1,
+        "epochs": 40, "teacher_epochs": 25, "patches_per_volume": 2, "val_fraction": 0.17, "latency_rounds": 3,
+        "latency_volume": [320, 320, 24],
+        "export": {
+            "student": {
+                "name": "prostatekd-student", "version": "0.2.0", "license": "Apache-2.0",
+                "description": "Small residual 3D UNet (150k parameters) for whole-gland prostate segmentation "
+                "on T2-weighted MRI, distilled (seed_kd: Dice + Lovasz + KL + feature) from prostatekd-teacher. "
+                "Trained on synthetic phantoms only: a placeholder until students distilled from teachers "
+                "trained on real data replace it.",
+                "training_data": "Synthetic T2-like phantoms from ProstateKDLib.phantom (4 simulated sites, "
+                "6 training cases each, recipe compare_kd --scale default); no real patient data. "
+                "Not validated on real MRI.",
+            },
+            "teacher": {
+                "name": "prostatekd-teacher", "version": "0.2.0", "license": "Apache-2.0",
+                "description": "Residual 3D UNet teacher (1.19M parameters), the full-data teacher of "
+                "prostatekd-student: slower, for comparison and further distillation. Trained on synthetic "
+                "phantoms only; not validated on real MRI.",
+                "training_data": "Synthetic T2-like phantoms from ProstateKDLib.phantom (4 simulated sites, "
+                "6 training cases each, recipe compare_kd --scale default); no real patient data.",
+            },
+        },
+    },
 }
 METHODS = {  # student method -> which teachers
     "none": None,
@@ -86,8 +117,9 @@ def make_data(out: Path, scale: dict[str, Any], seed: int) -> tuple[Path, list[A
     data = out / "data"
     pool_csv, test_csv = data / "train.csv", data / "test.csv"
     if not test_csv.is_file():
+        size = tuple(scale["size"]) if scale["size"] else None  # None: each site's own matrix
         write_phantom_dataset(data / "cases", scale["cases_per_site"], seed=seed, sites=scale["sites"],
-                              size=tuple(scale["size"]), overwrite=True)
+                              size=size, overwrite=True)
         cases = index_cases(data / "cases")
         test = []
         for site in scale["sites"]:
@@ -105,6 +137,10 @@ def make_data(out: Path, scale: dict[str, Any], seed: int) -> tuple[Path, list[A
 def base_config(pool: Path, scale: dict[str, Any], role: str, threads: int) -> dict[str, Any]:
     """Config dict of a teacher (``role="teacher"``) or a student, on the shared grid."""
     teacher = role == "teacher"
+    named = scale.get("export", {}).get(role)
+    export = dict(named) if named else {
+        "name": f"compare-{role}", "version": "0.0.1", "description": f"{role} of the KD comparison recipe ({PHANTOM_NOTE})",
+        "training_data": f"synthetic phantoms, {len(scale['sites'])} sites; {PHANTOM_NOTE}"}
     return {
         "data": {"root": str(pool), "val_fraction": scale["val_fraction"], "seed": 0},
         "model": {"network": "unet", "kwargs": {
@@ -116,9 +152,7 @@ def base_config(pool: Path, scale: dict[str, Any], role: str, threads: int) -> d
                   "learning_rate": 0.002, "weight_decay": 1e-5, "patches_per_volume": scale["patches_per_volume"],
                   "seed": 0, "device": "cpu", "num_threads": threads, "amp": False},
         "distiller": {"name": "none", "weights": dict(WEIGHTS["none"])},
-        "export": {"name": f"compare-{role}", "version": "0.0.1",
-                   "description": f"{role} of the KD comparison recipe ({PHANTOM_NOTE})",
-                   "training_data": f"synthetic phantoms, {len(scale['sites'])} sites; {PHANTOM_NOTE}"},
+        "export": export,
     }
 
 
@@ -131,7 +165,7 @@ def _timed(record: dict[str, float], key: str, fn: Any, *args: Any, **kwargs: An
 
 
 def train_all(out: Path, pool: Path, scale: dict[str, Any], threads: int, jobs: int, resume: bool,
-              progress: bool) -> dict[str, Any]:
+              progress: bool, methods: list[str] | None = None) -> dict[str, Any]:
     """Teachers then students; returns ``{model key: {"bundle", "role", "method", "teachers", "train_s"}}``."""
     from ProstateKDLib.bundle import load_bundle
     from ProstateKDLib.networks import count_parameters
@@ -144,7 +178,11 @@ def train_all(out: Path, pool: Path, scale: dict[str, Any], threads: int, jobs: 
     timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     teacher_cfg = config_from_dict(base_config(pool, scale, "teacher", threads), "teacher.yaml")
     models: dict[str, Any] = {}
+    methods = list(METHODS) if methods is None else methods
+    needed = {METHODS[m] for m in methods} | {"full"}  # the full-data teacher is always a row
     for kind, subsets in (("site", "per-site"), ("full", "all")):
+        if kind not in needed:
+            continue
         folder = out / f"teachers_{kind}" if kind == "site" else out / "teacher_full"
         if not (folder / "teachers.json").is_file():
             print(f"== teachers ({subsets})", flush=True)
@@ -159,13 +197,15 @@ def train_all(out: Path, pool: Path, scale: dict[str, Any], threads: int, jobs: 
                            "method": "none (teacher)", "teachers": "",
                            "subset": record["training_subset"], "train_s": _run_seconds(run)}
     teacher_dirs = {"full": [str(out / "teacher_full")], "site": [str(out / "teachers_site")]}
-    for method, source in METHODS.items():
+    for method in methods:
+        source = METHODS[method]
         run, bundle = out / "students" / method, out / "students" / method / "bundle"
         if not (bundle / "model.json").is_file():
             print(f"== student: {method}", flush=True)
             data = base_config(pool, scale, "student", threads)
             data["distiller"] = {"name": method, "weights": dict(WEIGHTS[method])}
-            data["export"]["name"] = f"compare-student-{method.replace('_', '-')}"
+            if "student" not in scale.get("export", {}):
+                data["export"]["name"] = f"compare-student-{method.replace('_', '-')}"
             if source:
                 data["teachers"] = teacher_dirs[source]
             config = config_from_dict(data, f"{method}.yaml")
@@ -217,8 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training, inference and latency")
     parser.add_argument("--jobs", type=int, default=1, help="per-site teachers trained in parallel processes")
     parser.add_argument("--resume", action="store_true", help="keep finished stages of --out")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated students to train (default: all of {', '.join(METHODS)})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        parser.error(f"--methods: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
 
     import torch
 
@@ -237,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = copy.deepcopy(SCALES[args.scale])
     started = time.perf_counter()
     pool, test = make_data(out, scale, args.seed)
-    models = train_all(out, pool, scale, args.threads, args.jobs, args.resume, not args.quiet)
+    models = train_all(out, pool, scale, args.threads, args.jobs, args.resume, not args.quiet, methods)
     print("== evaluation on the held-out test cases", flush=True)
     rows = evaluate_all(out, models, test, args.threads)
     print("== complexity and latency", flush=True)
@@ -248,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     for (key, model), bundle, latency in zip(models.items(), bundles, latencies):
         model["gflops"] = bundle_gflops(bundle)
         model["latency_s"] = latency
-    meta = {"scale": args.scale, "settings": scale, "seed": args.seed, "threads": args.threads,
+    meta = {"scale": args.scale, "settings": {k: v for k, v in scale.items() if k != "export"}, "methods": methods, "seed": args.seed, "threads": args.threads,
             "test_cases": [c.case_id for c in test], "note": f"All numbers {PHANTOM_NOTE}.",
             "latency_input": f"{'x'.join(map(str, latency_size))} phantom (RUNMC profile, "
             f"{'x'.join(f'{s:g}' for s in volume.GetSpacing())} mm)",
