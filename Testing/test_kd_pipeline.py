@@ -363,3 +363,41 @@ def test_compare_recipe_tiny(tmp_path, capsys):
     assert len(budgets) == 1
     epochs = {len(list(csv.DictReader(open(out / "students" / m / "log.csv")))) for m in METHODS}
     assert epochs == {2}  # the same epoch budget
+
+
+def test_compare_recipe_methods_subset(tmp_path):
+    """``--methods none,logit_kd``: only the full-data teacher is trained (no per-site teachers)."""
+    from training.recipes.compare_kd import main
+
+    out = tmp_path / "compare"
+    assert main(["--out", str(out), "--scale", "tiny", "--quiet", "--methods", "none,logit_kd"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [m["model"] for m in results["models"]] == ["teacher_full", "none", "logit_kd"]
+    assert not (out / "teachers_site").exists() and not (out / "students" / "seed_kd").exists()
+    provenance = json.loads((out / "students" / "logit_kd" / "bundle" / "model.json").read_text())["provenance"]
+    assert [t["path"] for t in provenance["teachers"]] == [str(out / "teacher_full" / "all" / "bundle")]
+
+
+def test_compare_recipe_rejects_unknown_method(tmp_path, capsys):
+    from training.recipes.compare_kd import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "x"), "--scale", "tiny", "--methods", "none,fancy_kd"])
+    assert exc.value.code == 2
+    assert "unknown fancy_kd" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_compare_recipe_default_scale_names_the_bundled_models():
+    """The ``default`` scale exports under the bundled names and on the bundled student's grid."""
+    from ProstateKDLib.bundle import resolve_model
+    from training.recipes.compare_kd import SCALES, base_config
+
+    scale = SCALES["default"]
+    student = base_config(Path("pool.csv"), scale, "student", 2)
+    teacher = base_config(Path("pool.csv"), scale, "teacher", 2)
+    assert student["export"]["name"] == "prostatekd-student" and teacher["export"]["name"] == "prostatekd-teacher"
+    bundled = resolve_model("prostatekd-student").meta
+    assert list(bundled.spacing) == student["preprocessing"]["spacing"]
+    assert list(bundled.patch_size) == student["preprocessing"]["patch_size"]
+    assert bundled.network_kwargs["channels"] == student["model"]["kwargs"]["channels"]

@@ -11,30 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
+from peak_memory import rss_mb  # this script's folder is sys.path[0]
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def rss_mb() -> float:
-    """Peak resident memory of this process so far (MB).
-
-    Linux: ``VmHWM`` of /proc/self/status. Not ``ru_maxrss``: Linux carries the parent's
-    resident size at fork over into the child's ``ru_maxrss`` through exec, so a worker
-    started by a 500 MB parent would never report less than 500 MB.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024  # bytes on macOS, kB elsewhere
 
 
 class TimedNetwork:
