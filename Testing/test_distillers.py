@@ -49,8 +49,8 @@ def make(name: str, student: torch.nn.Module | None = None, **options) -> "torch
 
 # ------------------------------------------------------------------ registry and documentation
 def test_registry_lists_every_method_with_documented_formula():
-    assert DISTILLERS.names() == ["logit_kd", "multi_teacher_adaptive", "multi_teacher_mean", "none", "seed_kd"]
-    for name in DISTILLERS.names():
+    assert set(TERMS) <= set(DISTILLERS.names())  # further methods: Testing/test_distiller_<name>.py
+    for name in TERMS:
         cls = DISTILLERS.get(name)
         module = __import__(cls.__module__, fromlist=["x"])
         assert cls.name == name and list(cls.loss_names) == TERMS[name]

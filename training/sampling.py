@@ -88,6 +88,8 @@ class PatchSampler:
             num_samples=1,
         )
 
+    last_indices: list[int] = []
+
     def __len__(self) -> int:
         return len(self._volumes)
 
@@ -133,11 +135,13 @@ class PatchSampler:
         """Batches ``(B, 1, x, y, z)`` image and uint8 label for one epoch.
 
         Every volume gives ``patches_per_volume`` patches, in shuffled order;
-        the last batch may be smaller.
+        the last batch may be smaller. After each batch, :attr:`last_indices` holds
+        the volume index of each of its patches.
         """
         order = self.order_rng.permutation(np.repeat(np.arange(len(self._volumes)), patches_per_volume))
         if self.world_size > 1:
             order = np.concatenate([order, order[: (-len(order)) % self.world_size]])[self.rank :: self.world_size]
         for start in range(0, len(order), batch_size):
-            patches = [self.patch(int(i)) for i in order[start : start + batch_size]]
+            self.last_indices = [int(i) for i in order[start : start + batch_size]]
+            patches = [self.patch(i) for i in self.last_indices]
             yield torch.stack([p[0] for p in patches]), torch.stack([p[1] for p in patches])

@@ -251,7 +251,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
     step_fn = wrap_ddp(distiller, ctx, device)
 
     train_volumes = _load_volumes(train_cases, config, "training cases", progress)
-    val_volumes = _load_volumes(val_cases, config, "validation cases", progress) if main else []
+    wants_val = main or distiller.needs_validation_data
+    val_volumes = _load_volumes(val_cases, config, "validation cases", progress) if wants_val else []
     sampler = PatchSampler(train_volumes, config.preprocessing.patch_size, cfg_t.positive_fraction,
                            seed=[cfg_t.seed, 1], rank=ctx.rank, world_size=ctx.world_size)
     steps_per_epoch = sampler.iterations(cfg_t.patches_per_volume, cfg_t.batch_size)
@@ -268,6 +269,13 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
         sampler.load_state_dict(checkpoint["sampler_ranks"][ctx.rank] if per_rank else checkpoint["sampler"])
         restore_rng(checkpoint["rng_ranks"][ctx.rank] if per_rank else checkpoint["rng"])
         state = {k: checkpoint[k] for k in state}
+    from ProstateKDLib.distillers import TrainingContext
+
+    distiller.prepare(TrainingContext(
+        val_volumes=val_volumes, patch_size=tuple(config.preprocessing.patch_size), batch_size=cfg_t.batch_size,
+        epochs=cfg_t.epochs, device=device, seed=cfg_t.seed, resumed=checkpoint is not None,
+        train_case_ids=[c.case_id for c in train_cases]))
+    val_volumes = val_volumes if main else []
     terms = list(distiller.loss_names)
     columns = terms + distiller.stat_names()
     teacher_info = [t.describe() for t in teachers]
@@ -297,6 +305,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
     for epoch in range(state["epoch"] + 1, cfg_t.epochs + 1):
         started = time.perf_counter()
         distiller.train()
+        distiller.start_epoch(epoch, cfg_t.epochs)
         keys = ["loss", *columns]
         sums = {name: 0.0 for name in keys}
         bar = tqdm(sampler.epoch(cfg_t.patches_per_volume, cfg_t.batch_size), total=steps_per_epoch,
@@ -308,6 +317,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
+            distiller.batch_case_index = torch.as_tensor(sampler.last_indices)  # per-instance methods (amal)
             with torch.autocast(device.type, enabled=use_amp):
                 _, losses = step_fn(image.to(device), label.to(device))
                 loss = distiller.total_loss(losses)

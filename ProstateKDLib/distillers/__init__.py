@@ -18,7 +18,7 @@ name                     loss terms                              teachers
 
 from __future__ import annotations
 
-from .base import DISTILLERS, Distiller, Option, build_distiller
+from .base import DISTILLERS, Distiller, Option, TrainingContext, build_distiller
 from . import none, logit_kd, seed_kd, multi_teacher_mean, multi_teacher_adaptive  # noqa: F401,E402 (register)
 
-__all__ = ["DISTILLERS", "Distiller", "Option", "build_distiller"]
+__all__ = ["DISTILLERS", "Distiller", "Option", "TrainingContext", "build_distiller"]

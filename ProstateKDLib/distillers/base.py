@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -28,6 +28,32 @@ class Option:
     help: str = ""
 
 
+@dataclass
+class TrainingContext:
+    """What the training loop hands to :meth:`Distiller.prepare` once, before the first epoch.
+
+    Attributes:
+        val_volumes: preprocessed ``(image (1, X, Y, Z), label (1, X, Y, Z))`` validation
+            volumes on the model grid (what validation Dice is measured on).
+        patch_size: training patch (x, y, z).
+        batch_size: training batch size.
+        epochs: total epochs of the run.
+        device: the training device.
+        seed: the run's training seed (for a method's own random draws).
+        resumed: True when the run continues from a checkpoint (learned state restored).
+        train_case_ids: ids of the training cases (index order of the patch sampler).
+    """
+
+    val_volumes: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    patch_size: tuple[int, ...]
+    batch_size: int
+    epochs: int
+    device: torch.device
+    seed: int = 0
+    resumed: bool = False
+    train_case_ids: Sequence[str] = field(default_factory=tuple)
+
+
 class Distiller(torch.nn.Module):
     """A student and its (possibly no) teachers, computing named loss terms.
 
@@ -40,6 +66,11 @@ class Distiller(torch.nn.Module):
 
     Subclasses set :attr:`name`, :attr:`loss_names`, :attr:`default_weights`,
     the teacher count bounds and :attr:`options`, and implement :meth:`forward_train`.
+    Methods with a schedule or a set-up step override :meth:`start_epoch` (called
+    before every epoch) and :meth:`prepare` (called once, after a resumed run's
+    learned state is restored); methods that need the validation volumes in
+    training (to fit ensemble weights, to draw meta batches) set
+    :attr:`needs_validation_data`.
     After each :meth:`forward_train`, :attr:`stats` holds detached scalars worth
     logging (e.g. adaptive teacher weights), named as :meth:`stat_names` says.
 
@@ -60,6 +91,7 @@ class Distiller(torch.nn.Module):
     options: ClassVar[Mapping[str, Option]] = {}
     min_teachers: ClassVar[int] = 0
     max_teachers: ClassVar[int | None] = None
+    needs_validation_data: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -87,6 +119,22 @@ class Distiller(torch.nn.Module):
         self.weights = {**self.default_weights, **{k: float(v) for k, v in (weights or {}).items()}}
         self.settings = self.check_options(options)
         self.stats: dict[str, torch.Tensor] = {}
+        self.epoch, self.epochs = 1, 1
+        self.batch_case_index: torch.Tensor | None = None  # training-case index of each sample, set by the loop
+
+    # ------------------------------------------------------------ training-loop hooks
+    def prepare(self, context: TrainingContext) -> None:
+        """Set-up before the first epoch (default: nothing)."""
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called before epoch ``epoch`` (1-based) of ``epochs``; records both for schedules."""
+        if not 1 <= epoch <= epochs:
+            raise ValueError(f"need 1 <= epoch <= epochs, got epoch {epoch} of {epochs}")
+        self.epoch, self.epochs = int(epoch), int(epochs)
+
+    def progress(self) -> float:
+        """Training progress in [0, 1]: 0 in the first epoch, 1 in the last."""
+        return 0.0 if self.epochs <= 1 else (self.epoch - 1) / (self.epochs - 1)
 
     # ------------------------------------------------------------ class-level checks
     @classmethod
