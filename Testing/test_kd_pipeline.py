@@ -349,13 +349,27 @@ def test_compare_recipe_tiny(tmp_path, capsys):
     assert "| multi_teacher_adaptive | student | per-site teachers |" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     names = [m["model"] for m in results["models"]]
-    assert names == ["teacher_BMC", "teacher_RUNMC", "teacher_full", *METHODS]
+    assert names == ["teacher_BMC", "teacher_RUNMC", "teacher_full", "assistant_1", "assistant_2", *METHODS]
     assert "synthetic phantoms" in results["meta"]["note"]
     students = [m for m in results["models"] if m["role"] == "student"]
     assert len({m["parameters"] for m in students}) == 1  # the same student architecture for every method
     assert all(m["gflops_320x320x24"] > 0 and m["cpu_latency_s"] > 0 and 0 <= m["dice_mean"] <= 1
                for m in results["models"])
-    assert len(results["per_case"]) == 8 * 2  # 8 models x 2 held-out test cases
+    assert len(results["per_case"]) == 15 * 2  # 15 models x 2 held-out test cases
+    rows = {m["model"]: m for m in results["models"]}
+    assistants = rows["assistant_1"]["train_s"] + rows["assistant_2"]["train_s"]
+    for method in ("ta_ensemble", "curriculum_experts"):  # the assistants' training counts in the total
+        assert rows[method]["train_total_s"] == pytest.approx(rows[method]["train_s"] + assistants)
+    assert rows["self_distill"]["train_total_s"] == pytest.approx(rows["self_distill"]["train_s"] + rows["none"]["train_s"])
+    assert rows["seed_kd"]["train_total_s"] == rows["seed_kd"]["train_s"]
+    assert rows["assistant_1"]["parameters"] < rows["assistant_2"]["parameters"] < rows["teacher_full"]["parameters"]
+    assert rows["assistant_1"]["parameters"] > rows["none"]["parameters"]
+    teachers_of = lambda m: [t["path"] for t in json.loads(  # noqa: E731
+        (out / "students" / m / "bundle" / "model.json").read_text())["provenance"]["teachers"]]
+    assert teachers_of("self_distill") == [str(out / "students" / "none" / "bundle")]
+    assert teachers_of("ta_ensemble") == [str(out / "students" / f"assistant_{i}" / "bundle") for i in (1, 2)]
+    assert len(teachers_of("curriculum_experts")) == 3
+    assert (out / "ctkd_temperature.png").stat().st_size > 0
     for name in ("results.md", "results.csv", "dice_per_method.png", "dice_vs_latency.png"):
         assert (out / name).stat().st_size > 0
     assert "measured on synthetic phantoms" in (out / "results.md").read_text()

@@ -11,18 +11,23 @@ Steps (each a folder under ``--out``; ``--resume`` keeps finished ones):
    cases are held out (``test.csv``), the rest form the training pool (``train.csv``).
 2. ``teachers_site/``: limit-trained teachers, one per site (``train-teacher --subsets per-site``);
    ``teacher_full/``: one teacher on the whole pool (``--subsets all``).
-3. ``students/<method>/``: the same student architecture and epoch budget with
-   ``none``, ``logit_kd`` and ``seed_kd`` (from the full teacher) and
-   ``multi_teacher_mean`` and ``multi_teacher_adaptive`` (from the per-site teachers),
+3. ``students/assistant_<i>/``: teaching assistants sized between teacher and student,
+   distilled (``logit_kd``) from the full teacher; only when ``ta_ensemble`` or
+   ``curriculum_experts`` is among the methods.
+4. ``students/<method>/``: the same student architecture and epoch budget with
+   ``none``; ``logit_kd``, ``seed_kd``, ``ctkd`` and ``amal`` (from the full teacher);
+   ``multi_teacher_mean`` and ``multi_teacher_adaptive`` (from the per-site teachers);
+   ``ta_ensemble`` (from the assistants); ``curriculum_experts`` (the ladder: assistants
+   and the full teacher); ``self_distill`` (generation 2, from the ``none`` student),
    each exported to ``students/<method>/bundle``.
-4. ``eval/``: every teacher and student segments the same held-out test cases
+5. ``eval/``: every teacher, assistant and student segments the same held-out test cases
    through the inference path (``training.evaluate``: ``prostatekd evaluate``'s
    code, i.e. :class:`~ProstateKDLib.inference.Segmenter`), Dice on the input grid.
-5. ``results.md``, ``results.csv``, ``results.json``, ``dice_per_method.png``,
+6. ``results.md``, ``results.csv``, ``results.json``, ``dice_per_method.png``,
    ``dice_vs_latency.png``: Dice per site and mean, parameters, GFLOPs of one
    forward pass on a 320x320x24 volume, CPU latency per 320x320x24 volume
    (2 threads, all models measured side by side in this run; ``tiny``: a
-   96x96x12 volume), training time.
+   96x96x12 volume), training time (own, and with the assistants / generation 1 it needs).
 
 All numbers come from synthetic phantoms: they check the pipeline and compare
 methods under identical conditions; they say nothing about accuracy on MRI.
@@ -47,6 +52,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "sites": ["BMC", "RUNMC"], "cases_per_site": 3, "test_per_site": 1, "size": [48, 48, 12],
         "spacing": [4.0, 4.0, 6.0], "patch": [32, 32, 16], "strides": [2, 2],
         "teacher": [8, 16, 32], "teacher_res": 0, "student": [4, 8, 16], "student_res": 0,
+        "assistants": [[5, 10, 20], [6, 12, 24]], "assistant_res": 0,
         "epochs": 2, "teacher_epochs": 2, "patches_per_volume": 1, "val_fraction": 0.34, "latency_rounds": 1,
         "latency_volume": [96, 96, 12],  # a smoke test: the standard 320x320x24 volume only at other scales
     },
@@ -54,6 +60,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "sites": ["BMC", "HK", "RUNMC", "UCL"], "cases_per_site": 8, "test_per_site": 2, "size": [128, 128, 24],
         "spacing": [2.0, 2.0, 4.0], "patch": [64, 64, 16], "strides": [[2, 2, 1], 2, 2],
         "teacher": [16, 32, 64, 128], "teacher_res": 2, "student": [8, 16, 32, 64], "student_res": 1,
+        "assistants": [[12, 24, 48, 96], [16, 32, 64, 128]], "assistant_res": 1,
         "epochs": 30, "teacher_epochs": 30, "patches_per_volume": 2, "val_fraction": 0.17, "latency_rounds": 3,
         "latency_volume": [320, 320, 24],
     },
@@ -63,6 +70,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "sites": ["BMC", "HK", "RUNMC", "UCL"], "cases_per_site": 8, "test_per_site": 2, "size": None,
         "spacing": [0.8, 0.8, 3.0], "patch": [128, 128, 32], "strides": [[2, 2, 1], 2, 2],
         "teacher": [16, 32, 64, 128], "teacher_res": 2, "student": [8, 16, 32, 64], "student_res": 1,
+        "assistants": [[12, 24, 48, 96], [16, 32, 64, 128]], "assistant_res": 1,
         "epochs": 40, "teacher_epochs": 25, "patches_per_volume": 2, "val_fraction": 0.17, "latency_rounds": 3,
         "latency_volume": [320, 320, 24],
         "export": {
@@ -87,20 +95,28 @@ SCALES: dict[str, dict[str, Any]] = {
         },
     },
 }
-METHODS = {  # student method -> which teachers
+METHODS = {  # student method -> its teachers
     "none": None,
     "logit_kd": "full",
     "seed_kd": "full",
     "multi_teacher_mean": "site",
     "multi_teacher_adaptive": "site",
+    "ctkd": "full",
+    "ta_ensemble": "assistants",
+    "curriculum_experts": "ladder",
+    "amal": "full",
+    "self_distill": "generation1",
 }
-WEIGHTS = {
+TEACHER_TEXT = {"full": "full-data teacher", "site": "per-site teachers", "assistants": "2 assistants",
+                "ladder": "2 assistants + full teacher", "generation1": "none (generation 1)"}
+WEIGHTS = {  # loss weights per method (methods not listed: the distiller's defaults)
     "none": {"dice": 1.0, "ce": 1.0},
     "logit_kd": {"dice": 1.0, "ce": 1.0, "kl": 1.0},
     "seed_kd": {"dice": 1.0, "lovasz": 1.0, "kl": 1.0, "feature": 1.0},
     "multi_teacher_mean": {"dice": 1.0, "lovasz": 1.0, "kl": 1.0, "feature": 1.0},
     "multi_teacher_adaptive": {"dice": 1.0, "lovasz": 1.0, "kl": 1.0, "feature": 1.0},
 }
+ASSISTANT_METHOD = "logit_kd"  # how the teaching assistants are distilled from the full-data teacher
 PHANTOM_NOTE = "measured on synthetic phantoms (ProstateKDLib.phantom), not MRI"
 
 
@@ -166,7 +182,13 @@ def _timed(record: dict[str, float], key: str, fn: Any, *args: Any, **kwargs: An
 
 def train_all(out: Path, pool: Path, scale: dict[str, Any], threads: int, jobs: int, resume: bool,
               progress: bool, methods: list[str] | None = None) -> dict[str, Any]:
-    """Teachers then students; returns ``{model key: {"bundle", "role", "method", "teachers", "train_s"}}``."""
+    """Teachers, assistants, then students.
+
+    Returns:
+        ``{model key: {"bundle", "role", "method", "teachers", "train_s", "prereq_s"}}``; ``prereq_s``
+        is the training time of what the method needs besides the shared teachers (its assistants,
+        or generation 1 of ``self_distill``).
+    """
     from ProstateKDLib.bundle import load_bundle
     from ProstateKDLib.networks import count_parameters
     from training.config import config_from_dict
@@ -195,27 +217,62 @@ def train_all(out: Path, pool: Path, scale: dict[str, Any], threads: int, jobs: 
             run = folder / record["run_dir"]
             models[key] = {"bundle": str(folder / record["bundle"]), "role": "teacher",
                            "method": "none (teacher)", "teachers": "",
-                           "subset": record["training_subset"], "train_s": _run_seconds(run)}
-    teacher_dirs = {"full": [str(out / "teacher_full")], "site": [str(out / "teachers_site")]}
-    for method in methods:
-        source = METHODS[method]
-        run, bundle = out / "students" / method, out / "students" / method / "bundle"
+                           "subset": record["training_subset"], "train_s": _run_seconds(run), "prereq_s": 0.0}
+    def student(key: str, method: str, teachers: list[str], *, channels: Any = None, res: int | None = None,
+                export: dict[str, Any] | None = None) -> Path:
+        """Train (or keep) ``students/<key>`` with ``method`` and export its bundle."""
+        run, bundle = out / "students" / key, out / "students" / key / "bundle"
         if not (bundle / "model.json").is_file():
-            print(f"== student: {method}", flush=True)
+            print(f"== student: {key}", flush=True)
             data = base_config(pool, scale, "student", threads)
-            data["distiller"] = {"name": method, "weights": dict(WEIGHTS[method])}
-            if "student" not in scale.get("export", {}):
-                data["export"]["name"] = f"compare-student-{method.replace('_', '-')}"
-            if source:
-                data["teachers"] = teacher_dirs[source]
-            config = config_from_dict(data, f"{method}.yaml")
+            data["distiller"] = {"name": method, **({"weights": dict(WEIGHTS[method])} if method in WEIGHTS else {})}
+            if channels is not None:
+                data["model"]["kwargs"].update(channels=list(channels), num_res_units=res)
+            if export is not None:
+                data["export"].update(export)
+            elif "student" not in scale.get("export", {}):
+                data["export"]["name"] = f"compare-student-{key.replace('_', '-')}"
+            if teachers:
+                data["teachers"] = teachers
+            config = config_from_dict(data, f"{key}.yaml")
             again = (run / "checkpoint_last.pt").is_file()
-            _timed(timings, method, train, config, run, resume=again, progress=progress)
+            _timed(timings, key, train, config, run, resume=again, progress=progress)
             export_run(run, bundle, overwrite=True)
             timings_path.write_text(json.dumps(timings, indent=1))
-        models[method] = {"bundle": str(bundle), "role": "student", "method": method,
-                          "teachers": {"full": "full-data teacher", "site": "per-site teachers"}.get(source or "", ""),
-                          "subset": "all training cases", "train_s": _run_seconds(run)}
+        return run
+
+    full = [str(out / "teacher_full")]
+    sources = {METHODS[m] for m in methods}
+    assistants: list[str] = []
+    assistant_s = 0.0
+    if sources & {"assistants", "ladder"}:
+        for i, channels in enumerate(scale["assistants"], start=1):
+            key = f"assistant_{i}"
+            run = student(key, ASSISTANT_METHOD, full, channels=channels, res=scale["assistant_res"],
+                          export={"name": f"compare-assistant-{i}", "version": "0.0.1",
+                                  "description": f"teaching assistant {i} of the KD comparison recipe, "
+                                  f"distilled ({ASSISTANT_METHOD}) from the full-data teacher ({PHANTOM_NOTE})",
+                                  "training_data": f"synthetic phantoms; {PHANTOM_NOTE}"})
+            assistants.append(str(run / "bundle"))
+            models[key] = {"bundle": str(run / "bundle"), "role": "assistant", "method": ASSISTANT_METHOD,
+                           "teachers": TEACHER_TEXT["full"], "subset": "all training cases",
+                           "train_s": _run_seconds(run), "prereq_s": 0.0}
+            assistant_s += models[key]["train_s"]
+    ordered = (["none"] if "self_distill" in methods and "none" not in methods else []) + list(methods)
+    if "self_distill" in ordered and "none" in ordered:  # generation 1 first
+        ordered.remove("none")
+        ordered.insert(0, "none")
+    teacher_dirs = {"full": full, "site": [str(out / "teachers_site")], "assistants": assistants,
+                    "ladder": assistants + full, "generation1": [str(out / "students" / "none" / "bundle")]}
+    for method in ordered:
+        source = METHODS[method]
+        run = student(method, method, teacher_dirs[source] if source else [])
+        prereq = {"assistants": assistant_s, "ladder": assistant_s}.get(source or "", 0.0)
+        if source == "generation1":
+            prereq = _run_seconds(out / "students" / "none")
+        models[method] = {"bundle": str(run / "bundle"), "role": "student", "method": method,
+                          "teachers": TEACHER_TEXT.get(source or "", ""), "subset": "all training cases",
+                          "train_s": _run_seconds(run), "prereq_s": prereq}
     for value in models.values():
         value["parameters"] = count_parameters(load_bundle(value["bundle"]).build_network())
     return models
@@ -300,8 +357,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{'x'.join(f'{s:g}' for s in volume.GetSpacing())} mm)",
             "recipe_seconds": time.perf_counter() - started}
     table = write_report(out, models, rows, scale["sites"], meta)
+    if "ctkd" in models:  # the learned temperature over the run
+        from training.plot_log import plot_log_columns
+
+        plot_log_columns(out / "students" / "ctkd" / "log.csv", ["temperature", "grl_lambda"],
+                         out / "ctkd_temperature.png", title=f"ctkd: learned temperature and GRL strength ({PHANTOM_NOTE})")
     print(table)
-    print(f"results: {out}/results.md (also .csv, .json, dice_per_method.png, dice_vs_latency.png); "
+    print(f"results: {out}/results.md (also .csv, .json, dice_per_method.png, dice_vs_latency.png, "
+          "ctkd_temperature.png); "
           f"{meta['recipe_seconds']:.0f} s in all")
     return 0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 COLUMNS = ("model", "role", "method", "teachers", "parameters", "gflops_320x320x24", "cpu_latency_s",
-           "train_s")
+           "train_s", "train_total_s")
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -26,6 +26,7 @@ def summarize(models: dict[str, Any], rows: list[dict[str, Any]], sites: Sequenc
             "model": key, "role": model["role"], "method": model["method"], "teachers": model["teachers"],
             "parameters": model["parameters"], "gflops_320x320x24": model["gflops"],
             "cpu_latency_s": model["latency_s"], "train_s": model["train_s"],
+            "train_total_s": model["train_s"] + model.get("prereq_s", 0.0),
         }
         for site in sites:
             record[f"dice_{site}"] = _mean([r["dice"] for r in mine if r["site"] == site])
@@ -44,7 +45,7 @@ def _cell(value: Any, digits: int = 3) -> str:
 
 def markdown(table: list[dict[str, Any]], sites: Sequence[str], meta: dict[str, Any]) -> str:
     """The results table as Markdown, with what was measured and how."""
-    header = ["model", "role", "teachers", "params", "GFLOPs 320x320x24", "CPU s/vol", "train s",
+    header = ["model", "role", "teachers", "params", "GFLOPs 320x320x24", "CPU s/vol", "train s", "train s total",
               *[f"Dice {s}" for s in sites], "Dice mean"]
     lines = [
         f"# KD comparison ({meta['scale']} scale) - {meta['note']}",
@@ -54,7 +55,9 @@ def markdown(table: list[dict[str, Any]], sites: Sequence[str], meta: dict[str, 
         "(prostatekd evaluate / Segmenter). GFLOPs: one forward pass on a 320x320x24 tensor "
         "(torch FlopCounterMode, 2 FLOPs per multiply-accumulate). CPU s/vol: median end-to-end "
         f"Segmenter time on one {meta['latency_input']} volume, {meta['threads']} threads, all models "
-        "measured side by side in this run. train s: sum of the epoch times (with validation).",
+        "measured side by side in this run. train s: sum of the epoch times (with validation); train s "
+        "total adds what the method needs besides the shared teachers (ta_ensemble and curriculum_experts: "
+        "the assistants; self_distill: generation 1, the `none` student).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|",
@@ -62,6 +65,7 @@ def markdown(table: list[dict[str, Any]], sites: Sequence[str], meta: dict[str, 
     for r in table:
         cells = [r["model"], r["role"], r["teachers"] or "-", _cell(r["parameters"]),
                  _cell(r["gflops_320x320x24"], 1), _cell(r["cpu_latency_s"], 2), _cell(r["train_s"], 0),
+                 _cell(r["train_total_s"], 0),
                  *[_cell(r[f"dice_{s}"]) for s in sites], _cell(r["dice_mean"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Recipe time: {meta['recipe_seconds']:.0f} s. Settings: `{json.dumps(meta['settings'])}`.", ""]
@@ -90,13 +94,13 @@ def plot(out: Path, table: list[dict[str, Any]], rows: list[dict[str, Any]]) -> 
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, r in enumerate(table):
-        marker = "s" if r["role"] == "teacher" else "o"
+        marker = {"teacher": "s", "assistant": "^"}.get(r["role"], "o")
         ax.scatter(r["cpu_latency_s"], r["dice_mean"], marker=marker, s=50)
         ax.annotate(r["model"], (r["cpu_latency_s"], r["dice_mean"]), fontsize=8, xytext=(4, -10 + 8 * (i % 4)),
                     textcoords="offset points")
     ax.set_xlabel("CPU seconds per volume (Segmenter, 2 threads)")
     ax.set_ylabel("mean Dice (test cases)")
-    ax.set_title("Dice vs latency (squares: teachers) - synthetic phantoms")
+    ax.set_title("Dice vs latency (squares: teachers, triangles: assistants) - phantoms")
     fig.tight_layout()
     fig.savefig(out / "dice_vs_latency.png", dpi=120)
     plt.close(fig)
