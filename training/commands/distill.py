@@ -10,7 +10,7 @@ def add_parser(subparsers: Any) -> None:
     """Register ``distill``."""
     parser = subparsers.add_parser(
         "distill",
-        help="distil a student from teacher bundles (config distiller: logit_kd, seed_kd, multi_teacher_*)",
+        help="distil a student from teacher bundles (the config's distiller: logit_kd, seed_kd, ctkd, amal, ...)",
         description="Train the config's student with its distiller and teachers (frozen, on the student's "
         "preprocessing grid). --teachers (bundle folders, installed bundle names, run folders or "
         "train-teacher folders) replaces the config's 'teachers'. The run folder is like 'prostatekd train's; "
