@@ -178,7 +178,8 @@ def test_module_metadata(widget):
 
 def test_panel_apply_edit_save(widget, scene, make_volume, tmp_path):
     ui = widget.fakes
-    assert [d for _, d in ui["modelComboBox"].items] == ["prostatekd-student"]
+    assert [d for _, d in ui["modelComboBox"].items] == ["prostatekd-student", "prostatekd-teacher"]
+    assert ui["modelComboBox"].currentData == "prostatekd-student"  # the default student is preselected
     assert "Licence:</b> Apache-2.0" in ui["modelInfoLabel"].text and "MB" in ui["modelInfoLabel"].text
     assert [d for _, d in ui["deviceComboBox"].items][:2] == ["auto", "cpu"]
     assert not ui["applyButton"].enabled  # no volume yet

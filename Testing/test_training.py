@@ -120,7 +120,8 @@ def edited(data: dict, dotted: str, value=None, delete: bool = False) -> dict:
          "key 'model.kwargs' is invalid for network 'unet': got an unexpected keyword argument 'chanels'"),
         ("model.num_classes", 3, False, "key 'model.num_classes' must be 2 (background and gland), got 3"),
         ("distiller.name", "kd", False, "key 'distiller.name' names unknown distiller 'kd' "
-         "(known: logit_kd, multi_teacher_adaptive, multi_teacher_mean, none, seed_kd)"),
+         "(known: amal, ctkd, curriculum_experts, logit_kd, multi_teacher_adaptive, multi_teacher_mean, none, "
+         "seed_kd, self_distill, ta_ensemble)"),
         ("distiller.weights.kl", 1.0, False, "unknown key 'distiller.weights.kl' (known: ce, dice)"),
         ("distiller.weights.dice", -1, False, "key 'distiller.weights.dice' must be a number >= 0, got -1"),
     ],
@@ -200,7 +201,7 @@ def test_teachers_stay_frozen_and_in_eval_mode():
 def test_none_distiller_terms_and_checks():
     from ProstateKDLib.distillers import DISTILLERS, build_distiller
 
-    assert DISTILLERS.names() == ["logit_kd", "multi_teacher_adaptive", "multi_teacher_mean", "none", "seed_kd"]
+    assert "none" in DISTILLERS.names()  # the full list: Testing/test_distillers.py
     distiller = build_distiller("none", tiny_unet(), [], {"ce": 0.5})
     assert distiller.weights == {"dice": 1.0, "ce": 0.5}
     label = torch.zeros(2, 1, 16, 16, 8, dtype=torch.uint8)
