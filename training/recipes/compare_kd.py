@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         from training.plot_log import plot_log_columns
 
         plot_log_columns(out / "students" / "ctkd" / "log.csv", ["temperature", "grl_lambda"],
-                         out / "ctkd_temperature.png", title=f"ctkd: learned temperature and GRL strength ({PHANTOM_NOTE})")
+                         out / "ctkd_temperature.png", title="ctkd: learned temperature T and GRL strength (phantoms)")
     print(table)
     print(f"results: {out}/results.md (also .csv, .json, dice_per_method.png, dice_vs_latency.png, "
           "ctkd_temperature.png); "

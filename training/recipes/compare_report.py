@@ -92,15 +92,16 @@ def plot(out: Path, table: list[dict[str, Any]], rows: list[dict[str, Any]]) -> 
     fig.savefig(out / "dice_per_method.png", dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for i, r in enumerate(table):
+    fig, ax = plt.subplots(figsize=(9, 5))
+    colours = plt.get_cmap("tab20")
+    for i, r in enumerate(table):  # a legend, not text labels: same-size students sit on top of each other
         marker = {"teacher": "s", "assistant": "^"}.get(r["role"], "o")
-        ax.scatter(r["cpu_latency_s"], r["dice_mean"], marker=marker, s=50)
-        ax.annotate(r["model"], (r["cpu_latency_s"], r["dice_mean"]), fontsize=8, xytext=(4, -10 + 8 * (i % 4)),
-                    textcoords="offset points")
+        ax.scatter(r["cpu_latency_s"], r["dice_mean"], marker=marker, s=55, color=colours(i % 20),
+                   edgecolors="black", linewidths=0.4, label=r["model"])
     ax.set_xlabel("CPU seconds per volume (Segmenter, 2 threads)")
     ax.set_ylabel("mean Dice (test cases)")
     ax.set_title("Dice vs latency (squares: teachers, triangles: assistants) - phantoms")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(out / "dice_vs_latency.png", dpi=120)
     plt.close(fig)
