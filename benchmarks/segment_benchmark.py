@@ -40,15 +40,17 @@ def worker(args: argparse.Namespace) -> None:
     import resource
 
     start = time.perf_counter()
-    import monai.inferers  # noqa: F401  (MONAI imports lazily otherwise; count it here)
-    import monai.transforms  # noqa: F401
+    from ProstateKDLib.memory import skip_optional_imports, use_mmap_for_large_blocks
+
+    use_mmap_for_large_blocks()  # as the prostatekd command does
+    with skip_optional_imports():  # as the prostatekd command does
+        import monai.inferers  # noqa: F401  (MONAI imports lazily otherwise; count it here)
+        import monai.transforms  # noqa: F401
     import SimpleITK  # noqa: F401
     import torch
 
     from ProstateKDLib.inference import Segmenter
-    from ProstateKDLib.memory import use_mmap_for_large_blocks
 
-    use_mmap_for_large_blocks()  # as the prostatekd command does
     torch.set_num_threads(args.threads)
     import_seconds = time.perf_counter() - start
     start = time.perf_counter()
@@ -99,17 +101,19 @@ def run_worker(args: argparse.Namespace, input_path: Path, workdir: Path) -> dic
 
 def time_cli(args: argparse.Namespace, input_path: Path, workdir: Path) -> tuple[float, float]:
     """Wall time and peak RSS (MB) of one whole ``prostatekd segment`` command in a fresh process."""
-    import resource
-
     command = [sys.executable, "-m", "ProstateKDLib.cli", "segment", str(input_path),
                str(workdir / "cli_mask.nii.gz"), "--overwrite", "--threads", str(args.threads),
                "--device", args.device] + (["--model", args.model] if args.model else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, env=env, cwd=ROOT)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    stderr = process.stderr.read() if process.stderr else b""
+    _, status, usage = os.wait4(process.pid, 0)  # this child's own peak, not the largest of all children
     seconds = time.perf_counter() - start
-    # the largest peak of any child so far: the CLI is by far the largest one
-    return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"prostatekd segment failed:\n{stderr.decode(errors='replace')}")
+    return seconds, usage.ru_maxrss / 1024
 
 
 def summarize(raw: dict, cli: tuple[float, float], args: argparse.Namespace) -> dict:

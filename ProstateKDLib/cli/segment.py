@@ -53,13 +53,15 @@ def run(args: argparse.Namespace) -> int:
     """Run ``segment`` (single or batch)."""
     from ..batch import is_batch_input
     from ..inference import Segmenter
-    from ..memory import use_mmap_for_large_blocks
+    from ..memory import skip_optional_imports, use_mmap_for_large_blocks
 
     if args.threads is not None and args.threads < 1:
         from ..errors import InputError
 
         raise InputError(f"--threads must be at least 1, got {args.threads}")
     use_mmap_for_large_blocks()  # lower peak memory; this process is ours
+    with skip_optional_imports():  # MONAI's plotting/reader extras: not needed to segment, 58 MB
+        import monai  # noqa: F401
     batch = is_batch_input(args.input)
     if not batch:
         # Check the output before loading anything, so a bad path fails at once.
