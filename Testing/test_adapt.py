@@ -201,3 +201,29 @@ def test_case_list_target_rows_need_no_label(data_root, tmp_path):
         index_adaptation_data(table, "UCL")
     with pytest.raises(DataError, match="line 6: case HK/Case00 has no label"):
         index_adaptation_data(table, "BMC")  # HK rows are source rows now, and have no label
+
+
+def test_adaptation_recipe_tiny(tmp_path, capsys):
+    """``compare_adapt.py --scale tiny``: source-only, adapted and oracle students, Dice per site, plot."""
+    from training.recipes.compare_adapt import ROWS, main
+
+    out = tmp_path / "adapt"
+    assert main(["--out", str(out), "--scale", "tiny", "--quiet", "--target-site", "RUNMC"]) == 0
+    assert "| adapted | source_only + 2 epochs with RUNMC images (no labels) |" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert [m["model"] for m in results["models"]] == list(ROWS)
+    assert all("dice_RUNMC" in m and "dice_BMC" in m for m in results["models"])
+    with open(out / "data" / "source.csv", newline="") as handle:
+        assert {row["site"] for row in csv.DictReader(handle)} == {"BMC"}  # no target case in the source
+    provenance = json.loads((out / "adapted" / "bundle" / "model.json").read_text())["provenance"]
+    assert "no target labels used" in provenance["method"]
+    assert (out / "dice_per_site.png").stat().st_size > 0
+
+
+def test_adaptation_recipe_rejects_an_unknown_site(tmp_path, capsys):
+    from training.recipes.compare_adapt import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "x"), "--scale", "tiny", "--target-site", "XYZ"])
+    assert exc.value.code == 2 and "'XYZ' is not a site of scale tiny" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-COMMANDS = ("train", "export", "prepare", "evaluate", "train_teacher", "distill", "self_distill", "adapt")
+COMMANDS = ("train", "export", "prepare", "evaluate", "train_teacher", "distill", "self_distill", "adapt", "coteach")
 
 
 def add_parsers(subparsers: Any) -> None:
