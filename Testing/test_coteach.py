@@ -129,3 +129,31 @@ def test_cli_coteach_help(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--unlabelled" in text and "--large-channels" in text and "--confidence" in text and "--resume" in text
+
+
+def test_semi_supervised_recipe_tiny(tmp_path, capsys):
+    """``compare_semi.py --scale tiny``: labelled-only, co-taught small and large, all-labels rows."""
+    import csv as csv_module
+    import json as json_module
+
+    from training.recipes.compare_semi import ROWS, main
+
+    out = tmp_path / "semi"
+    assert main(["--out", str(out), "--scale", "tiny", "--labelled-per-site", "1", "--quiet"]) == 0
+    assert "| coteach | 2 labelled + 2 unlabelled (small network) |" in capsys.readouterr().out
+    results = json_module.loads((out / "results.json").read_text())
+    assert [m["model"] for m in results["models"]] == list(ROWS)
+    with open(out / "data" / "unlabelled.csv", newline="") as handle:
+        unlabelled = list(csv_module.DictReader(handle))
+    assert unlabelled and all("label" not in row for row in unlabelled)  # images only
+    provenance = json_module.loads((out / "coteach" / "bundle" / "model.json").read_text())["provenance"]
+    assert provenance["coteaching"]["unlabelled_labels_used"] is False
+    assert (out / "dice_per_site.png").stat().st_size > 0
+
+
+def test_semi_supervised_recipe_needs_unlabelled_cases(tmp_path, capsys):
+    from ProstateKDLib.errors import DataError
+    from training.recipes.compare_semi import main
+
+    with pytest.raises(DataError, match="none left unlabelled with --labelled-per-site 5"):
+        main(["--out", str(tmp_path / "x"), "--scale", "tiny", "--labelled-per-site", "5", "--quiet"])

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from ProstateKDLib.distillers import DISTILLERS
 from ProstateKDLib.errors import ConfigError, OutputError
 from training.config import config_from_dict, load_config
 
@@ -120,8 +121,7 @@ def edited(data: dict, dotted: str, value=None, delete: bool = False) -> dict:
          "key 'model.kwargs' is invalid for network 'unet': got an unexpected keyword argument 'chanels'"),
         ("model.num_classes", 3, False, "key 'model.num_classes' must be 2 (background and gland), got 3"),
         ("distiller.name", "kd", False, "key 'distiller.name' names unknown distiller 'kd' "
-         "(known: amal, ctkd, curriculum_experts, logit_kd, multi_teacher_adaptive, multi_teacher_mean, none, "
-         "seed_kd, self_distill, ta_ensemble)"),
+         f"(known: {', '.join(DISTILLERS.names())})"),  # every registered method, sorted
         ("distiller.weights.kl", 1.0, False, "unknown key 'distiller.weights.kl' (known: ce, dice)"),
         ("distiller.weights.dice", -1, False, "key 'distiller.weights.dice' must be a number >= 0, got -1"),
     ],

@@ -122,11 +122,15 @@ def _load_volumes(cases: Sequence[Any], config: Config, what: str, progress: boo
 
 
 def validate(
-    network: Any, volumes: Sequence[tuple[Any, Any]], patch_size: Sequence[int], device: Any, amp: bool = False
+    network: Any, volumes: Sequence[tuple[Any, Any]], patch_size: Sequence[int], device: Any, amp: bool = False,
+    input_fn: Any = None,
 ) -> list[float]:
     """Dice of the gland per volume: sliding-window (gaussian) argmax vs the label, model grid.
 
-    Returns NaN for a volume whose label and prediction are both empty.
+    ``input_fn`` (optional) maps each batched (1, C, X, Y, Z) image to what
+    ``network`` takes (the distiller's ``student_input``: a cross-modality
+    student sees only some channels). Returns NaN for a volume whose label and
+    prediction are both empty.
     """
     import torch
     from monai.inferers import SlidingWindowInferer
@@ -143,7 +147,8 @@ def validate(
     scores = []
     with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
         for image, label in volumes:
-            logits = inferer(image[None].to(device), network)
+            batch = image[None].to(device)
+            logits = inferer(batch if input_fn is None else input_fn(batch), network)
             prediction = one_hot(logits.argmax(1, keepdim=True), 2)
             target = one_hot(label[None].to(device).long(), 2)
             scores.append(float(metric(prediction, target).reshape(-1)[0]))
@@ -334,7 +339,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
         bar.close()
         means = all_reduce_mean(ctx, [sums[k] / steps_per_epoch for k in keys], device)
         row: dict[str, Any] = {"epoch": epoch, **dict(zip(keys, means)), "lr": lr}
-        per_case = validate(distiller.student, val_volumes, config.preprocessing.patch_size, device, use_amp)
+        per_case = validate(distiller.student, val_volumes, config.preprocessing.patch_size, device, use_amp,
+                            input_fn=distiller.student_input)
         row["val_dice"] = _nanmean(per_case)
         row["val_case_dice"] = {c.case_id: d for c, d in zip(val_cases, per_case)}
         row["seconds"] = time.perf_counter() - started

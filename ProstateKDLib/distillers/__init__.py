@@ -17,6 +17,7 @@ name                     loss terms                              teachers
 ``curriculum_experts``   dice, lovasz, kl, feature               2 or more, one expert per sample
 ``ctkd``                 dice, ce, kl                            1 or more; learned temperature
 ``self_distill``         dice, ce, kl                            exactly 1, previous generation
+``cross_modality``       dice, ce, kl                            exactly 1, more channels (T2+ADC)
 ======================== ======================================= ==========================
 """
 
@@ -29,5 +30,6 @@ from . import ctkd  # noqa: F401,E402
 from . import self_distill  # noqa: F401,E402
 from . import ta_ensemble  # noqa: F401,E402
 from . import curriculum_experts  # noqa: F401,E402
+from . import cross_modality  # noqa: F401,E402
 
 __all__ = ["DISTILLERS", "Distiller", "Option", "TrainingContext", "build_distiller"]

@@ -231,6 +231,16 @@ class Distiller(torch.nn.Module):
         """Student logits (what inference runs)."""
         return self.student(image)
 
+    def student_input(self, image: torch.Tensor) -> torch.Tensor:
+        """What the student sees of a (B, C, X, Y, Z) training-layout image (default: all of it).
+
+        Code that runs :attr:`student` directly on training-layout images (the
+        validation of the training loop) passes them through this first; a method
+        whose student sees fewer channels than its teachers (``cross_modality``)
+        selects them here.
+        """
+        return image
+
     def forward_train(
         self, image: torch.Tensor, label: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

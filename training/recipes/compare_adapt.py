@@ -72,8 +72,8 @@ def train_student(out: Path, key: str, pool: Path, scale: dict[str, Any], thread
     return bundle
 
 
-def plot(out: Path, table: list[dict[str, Any]], sites: list[str], target: str) -> Path:
-    """Grouped bars: Dice per site for each model; the target site marked."""
+def plot(out: Path, table: list[dict[str, Any]], sites: list[str], target: str, title: str | None = None) -> Path:
+    """Grouped bars ``dice_per_site.png``: Dice per site for each model; the target site (if any) marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,7 +88,7 @@ def plot(out: Path, table: list[dict[str, Any]], sites: list[str], target: str) 
     low = min(row[f"dice_{s}"] for row in table for s in sites)
     ax.set_ylim(max(0.0, low - 0.05), 1.0)
     ax.set_ylabel("Dice (held-out test cases)")
-    ax.set_title(f"Adapting to {target} without its labels - synthetic phantoms")
+    ax.set_title(title or f"Adapting to {target} without its labels - synthetic phantoms")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "dice_per_site.png"
