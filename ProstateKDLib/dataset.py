@@ -39,7 +39,9 @@ class CaseRecord:
     """One labelled case: ``case_id`` such as ``"RUNMC/Case00"``, its site and files.
 
     ``channel`` picks one channel of a multi-channel image (for example T2 of the
-    4D T2+ADC Decathlon volumes); ``None`` for plain 3D images.
+    4D T2+ADC Decathlon volumes); ``None`` for plain 3D images. ``channels``
+    (when set) makes :func:`load_case` read several channels, each preprocessed on
+    its own, stacked in that order (a cross-modality teacher's input).
     """
 
     case_id: str
@@ -47,6 +49,7 @@ class CaseRecord:
     image: Path
     label: Path
     channel: int | None = None
+    channels: tuple[int, ...] | None = None
 
 
 def _suffix(name: str) -> str | None:
@@ -336,7 +339,8 @@ def load_case(
     """Read and preprocess one case exactly as inference does.
 
     Returns:
-        ``(image, label)``: float32 tensor (1, X, Y, Z), normalised, and uint8
+        ``(image, label)``: float32 tensor (C, X, Y, Z), normalised (C = 1, or
+        ``len(record.channels)`` with each channel normalised on its own), and uint8
         tensor (1, X, Y, Z) in {0, 1}, both on the model grid (plain tensors).
 
     Raises:
@@ -347,15 +351,19 @@ def load_case(
 
     from .preprocessing import preprocess_image, preprocess_label
 
-    image = _read_image(record)
+    parts = [replace(record, channel=c, channels=None) for c in record.channels] if record.channels else [record]
     label = _read_label(record)
-    check_geometry(record, image, label)
+    tensors = []
+    for part in parts:
+        image = _read_image(part)
+        check_geometry(part, image, label)
+        tensor, _ = preprocess_image(image, orientation, spacing, normalization)
+        tensors.append(torch.as_tensor(tensor.as_tensor(), dtype=torch.float32))
     mask = sitk.GetImageFromArray(gland_mask(record, label))
     mask.CopyInformation(image)
-    tensor, _ = preprocess_image(image, orientation, spacing, normalization)
     target = preprocess_label(mask, orientation, spacing)
-    if tuple(tensor.shape) != tuple(target.shape):  # pragma: no cover - same transform on same grid
+    if tuple(tensors[0].shape) != tuple(target.shape):  # pragma: no cover - same transform on same grid
         raise DataError(f"case {record.case_id}: preprocessed image and label differ in shape")
-    image_t = torch.as_tensor(tensor.as_tensor(), dtype=torch.float32).contiguous()
+    image_t = torch.cat(tensors).contiguous()
     label_t = (torch.as_tensor(target.as_tensor()) > 0.5).to(torch.uint8).contiguous()
     return image_t, label_t

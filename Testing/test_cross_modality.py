@@ -201,3 +201,63 @@ def test_two_channel_dataset_reads_per_channel_and_trains(tmp_path):
         assert math.isfinite(float(loss.detach()))
         loss.backward()
         optimizer.step()
+
+
+# ------------------------------------------------------------------ end to end through the commands
+def test_two_channel_teacher_distils_a_t2_student_end_to_end(tmp_path):
+    """T2+ADC phantoms -> a 2-channel teacher -> ``cross_modality`` T2 student -> export -> segment T2."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from ProstateKDLib.cli import main
+    from ProstateKDLib.inference import Segmenter
+    from ProstateKDLib.phantom_adc import write_two_channel_dataset
+
+    data = tmp_path / "t2adc"
+    write_two_channel_dataset(data, cases=4, seed=1, size=(48, 48, 12))
+    smoke = yaml.safe_load((Path(__file__).resolve().parents[1] / "training" / "configs" / "smoke.yaml").read_text())
+    smoke["data"].update(root=str(data), val_fraction=0.25, channels=[0, 1])
+    teacher = {**smoke, "model": {**smoke["model"], "in_channels": 2,
+                                  "kwargs": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 0}},
+               "export": {**smoke["export"], "name": "t2adc-teacher"}}
+    student = {**smoke, "distiller": {"name": "cross_modality", "weights": {"dice": 1, "ce": 1, "kl": 1},
+                                      "student_channels": [0]},
+               "export": {**smoke["export"], "name": "t2-student"}}
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(teacher))
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(student))
+    assert main(["train", str(tmp_path / "teacher.yaml"), "--run-dir", str(tmp_path / "teacher"), "--quiet"]) == 0
+    assert main(["export", str(tmp_path / "teacher"), str(tmp_path / "teacher_bundle")]) == 0
+    meta = json.loads((tmp_path / "teacher_bundle" / "model.json").read_text())
+    assert meta["input"]["channels"] == ["T2", "ADC"]
+    assert main(["distill", str(tmp_path / "student.yaml"), "--run-dir", str(tmp_path / "student"),
+                 "--teachers", str(tmp_path / "teacher_bundle"), "--quiet"]) == 0
+    assert main(["export", str(tmp_path / "student"), str(tmp_path / "student_bundle")]) == 0
+    meta = json.loads((tmp_path / "student_bundle" / "model.json").read_text())
+    assert meta["input"]["channels"] == ["T2"]  # the deployed student needs T2 only
+    assert meta["provenance"]["teachers"][0]["name"] == "t2adc-teacher"
+    log = (tmp_path / "student" / "log.csv").read_text().splitlines()
+    assert log[0].split(",")[:5] == ["epoch", "loss", "dice", "ce", "kl"] and len(log) > 1
+    t2 = sitk.ReadImage(str(next((data / "imagesTr").glob("*.nii.gz"))))[:, :, :, 0]  # channel 0 of the 4D file
+    result = Segmenter(str(tmp_path / "student_bundle"), device="cpu").segment(t2)
+    assert result.mask.GetSize() == t2.GetSize()
+
+
+def test_a_one_channel_teacher_is_refused_when_two_channels_are_loaded(tmp_path):
+    from ProstateKDLib.errors import ConfigError
+    from training.config import config_from_dict
+    from training.teachers import check_teacher_grid
+    from ProstateKDLib.bundle import load_bundle
+    from pathlib import Path
+
+    import yaml
+
+    smoke = yaml.safe_load((Path(__file__).resolve().parents[1] / "training" / "configs" / "smoke.yaml").read_text())
+    smoke["data"].update(root=str(tmp_path), channels=[0, 1])
+    smoke["preprocessing"].update(orientation="RAS", spacing=[0.8, 0.8, 3.0],  # the bundled model's grid
+                                  normalization={"name": "zscore", "clip_percentiles": [0.5, 99.5]})
+    config = config_from_dict(smoke, "kd.yaml")
+    bundled = load_bundle(Path(__file__).resolve().parents[1] / "Resources" / "Models" / "prostatekd-student")
+    with pytest.raises(ConfigError, match=r"key 'data.channels' is 2 but teacher 'prostatekd-student'"):
+        check_teacher_grid(config, bundled)

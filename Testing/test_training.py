@@ -120,6 +120,10 @@ def edited(data: dict, dotted: str, value=None, delete: bool = False) -> dict:
         ("model.kwargs.chanels", [4, 8], False,
          "key 'model.kwargs' is invalid for network 'unet': got an unexpected keyword argument 'chanels'"),
         ("model.num_classes", 3, False, "key 'model.num_classes' must be 2 (background and gland), got 3"),
+        ("data.channels", [0], False,
+         "key 'data.channels' must be null or a list of at least 2 unique channel indices >= 0, got [0]"),
+        ("data.channels", [0, 0], False,
+         "key 'data.channels' must be null or a list of at least 2 unique channel indices >= 0, got [0, 0]"),
         ("distiller.name", "kd", False, "key 'distiller.name' names unknown distiller 'kd' "
          f"(known: {', '.join(DISTILLERS.names())})"),  # every registered method, sorted
         ("distiller.weights.kl", 1.0, False, "unknown key 'distiller.weights.kl' (known: ce, dice)"),

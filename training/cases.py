@@ -65,6 +65,10 @@ def select_cases(config: Config) -> tuple[list[Any], list[Any]]:
     from ProstateKDLib.dataset import index_cases, split_cases
 
     cases = filter_cases(index_cases(config.data.root), config.data)
+    if config.data.channels:  # multi-channel input (e.g. T2 + ADC for a cross-modality teacher)
+        from dataclasses import replace
+
+        cases = [replace(c, channels=tuple(config.data.channels)) for c in cases]
     train, val = split_cases(cases, config.data.val_fraction, config.data.seed)
     if not train:
         raise DataError(f"no training cases in {config.data.root}")

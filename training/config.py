@@ -54,6 +54,9 @@ class DataConfig:
 
     ``sites`` keeps only those sites; ``subset`` keeps one of ``count`` random
     disjoint subsets (limit-trained teachers). Both apply before the train/val split.
+    ``channels`` loads several channels of multi-channel images (e.g. ``[0, 1]`` = T2
+    and ADC of the Decathlon prostate), each normalised on its own and stacked: what a
+    ``cross_modality`` teacher sees (the student then picks ``distiller.student_channels``).
     """
 
     root: str
@@ -62,6 +65,7 @@ class DataConfig:
     cases: int | None = None
     sites: tuple[str, ...] | None = None
     subset: SubsetConfig | None = None
+    channels: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,7 @@ class Config:
         out.pop("source")
         options = out["distiller"].pop("options")
         out["distiller"].update(options)
-        for key in ("sites", "subset"):
+        for key in ("sites", "subset", "channels"):
             if out["data"][key] is None:
                 out["data"].pop(key)
         if not out["teachers"]:
@@ -438,6 +442,18 @@ def _sites(section: _Section, key: str, value: Any) -> tuple[str, ...] | None:
     return tuple(value)
 
 
+def _channels(section: _Section, key: str, value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, (list, tuple)) or len(value) < 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise section.error(key, f"must be null or a list of at least 2 unique channel indices >= 0, got {_show(value)}")
+    return tuple(value)
+
+
 def _subset(section: _Section, key: str, value: Any) -> SubsetConfig | None:
     if value is None:
         return None
@@ -505,6 +521,7 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
         cases=s.get("cases", _optional(_int(1)), None),
         sites=s.get("sites", _sites, None),
         subset=s.get("subset", _subset, None),
+        channels=s.get("channels", _channels, None),
     )
     s.finish()
 

@@ -48,6 +48,35 @@ def describe_method(config: Config) -> str:
     return f"distiller '{config.distiller.name}' ({kind}); loss {losses}" + (f"; {options}" if options else "")
 
 
+CHANNEL_NAMES = ("T2", "ADC")  # channel order of the Decathlon prostate (and of phantom_adc)
+
+
+def input_channel_names(config: Config) -> list[str]:
+    """Names of the model's input channels for ``model.json``.
+
+    Without ``data.channels``: ``["T2"]`` (single-channel models only). With it: the names
+    (``T2``, ``ADC``, else ``channel <i>``) of the channels the model sees, i.e. ``data.channels``,
+    or for a ``cross_modality`` student the ones its ``student_channels`` pick; as many as
+    ``model.in_channels``.
+
+    Raises:
+        ConfigError: a multi-channel model without matching ``data.channels``.
+    """
+    n = config.model.in_channels
+    chosen = tuple(config.data.channels or ())
+    if chosen and config.distiller.name == "cross_modality":  # the student sees some of the loaded channels
+        picked = config.distiller.options.get("student_channels") or [0]
+        chosen = tuple(chosen[i] for i in picked if i < len(chosen))
+    if n == 1 and not chosen:
+        return ["T2"]
+    if len(chosen) != n:
+        raise ConfigError(
+            f"config {config.source}: key 'model.in_channels' is {n} but 'data.channels' lists "
+            f"{len(chosen)} channels; a multi-channel model needs data.channels naming its inputs"
+        )
+    return [CHANNEL_NAMES[c] if c < len(CHANNEL_NAMES) else f"channel {c}" for c in chosen]
+
+
 def build_model_json(config: Config, epoch: int, epochs_trained: int, validation_dice: float | None,
                      parameters: int, git: dict[str, Any] | None,
                      teachers: list[dict[str, Any]] | None = None,
@@ -60,15 +89,11 @@ def build_model_json(config: Config, epoch: int, epochs_trained: int, validation
     ``provenance.training_subset`` says which cases this model saw.
 
     Raises:
-        ConfigError: the model has more than one input channel (only T2 is supported).
+        ConfigError: a multi-channel model whose channels ``data.channels`` does not name.
     """
     from ProstateKDLib import __version__
 
-    if config.model.in_channels != 1:
-        raise ConfigError(
-            f"config {config.source}: key 'model.in_channels' is {config.model.in_channels}; "
-            "export supports single-channel (T2) models only"
-        )
+    channels = input_channel_names(config)
     from .cases import describe_subset
 
     pre = config.preprocessing
@@ -80,7 +105,7 @@ def build_model_json(config: Config, epoch: int, epochs_trained: int, validation
         "network": {"name": config.model.network, "kwargs": dict(config.model.kwargs)},
         "weights": "model.safetensors",
         "input": {
-            "channels": ["T2"],
+            "channels": channels,
             "orientation": pre.orientation,
             "spacing": list(pre.spacing),
             "patch_size": list(pre.patch_size),

@@ -47,7 +47,7 @@ class PatchSampler:
     """Draws augmented (image, label) patch batches from in-memory volumes.
 
     Args:
-        volumes: ``(image (1, X, Y, Z) float, label (1, X, Y, Z) uint8)`` pairs.
+        volumes: ``(image (C, X, Y, Z) float, label (1, X, Y, Z) uint8)`` pairs.
         patch_size: (x, y, z) voxels of a patch.
         positive_fraction: share of patches centred on gland voxels.
         seed: seed of the sampling generator.
@@ -78,9 +78,9 @@ class PatchSampler:
         self._volumes: list[tuple[torch.Tensor, torch.Tensor, Any, Any]] = []
         for image, label in volumes:
             stacked = pad_to(torch.cat([image.float(), label.float()]), self.patch_size)
-            fg, bg = map_binary_to_indices(stacked[1:] > 0.5)
+            fg, bg = map_binary_to_indices(stacked[-1:] > 0.5)
             bg = bg[:: max(1, len(bg) // MAX_BACKGROUND_INDICES)]  # evenly thinned: less memory
-            self._volumes.append((stacked, stacked[1:], fg, bg))
+            self._volumes.append((stacked, stacked[-1:], fg, bg))
         self._cropper = RandCropByPosNegLabel(
             spatial_size=self.patch_size,
             pos=positive_fraction,
@@ -124,7 +124,7 @@ class PatchSampler:
         crop = crop.as_tensor() if hasattr(crop, "as_tensor") else crop
         if self.rng.random() < FLIP_PROBABILITY:
             crop = torch.flip(crop, dims=[1])
-        image, target = crop[:1].clone(), crop[1:]
+        image, target = crop[:-1].clone(), crop[-1:]  # image channels first, the label last
         if self.rng.random() < INTENSITY_PROBABILITY:
             image *= float(self.rng.uniform(*SCALE_RANGE))
         if self.rng.random() < INTENSITY_PROBABILITY:

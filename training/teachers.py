@@ -67,7 +67,8 @@ def check_teacher_grid(config: Config, bundle: Any) -> None:
     """ConfigError unless the teacher bundle shares the config's grid, channels and classes.
 
     Checked in this order: ``preprocessing.orientation``, ``preprocessing.spacing``,
-    ``preprocessing.normalization``, ``model.in_channels``, ``model.num_classes``.
+    ``preprocessing.normalization``, the input channels (``data.channels`` when set: a
+    cross-modality teacher sees every loaded channel; else ``model.in_channels``), ``model.num_classes``.
     """
     meta = bundle.meta
     pre = config.preprocessing
@@ -78,7 +79,9 @@ def check_teacher_grid(config: Config, bundle: Any) -> None:
          lambda a, b: all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip(a, b))),
         ("preprocessing.normalization", _normalization(pre.normalization.as_dict()),
          _normalization(meta.normalization), lambda a, b: a == b),
-        ("model.in_channels", config.model.in_channels, len(meta.channels), lambda a, b: a == b),
+        ("data.channels" if config.data.channels else "model.in_channels",
+         len(config.data.channels) if config.data.channels else config.model.in_channels,
+         len(meta.channels), lambda a, b: a == b),  # channels the teacher gets: all that are loaded
         ("model.num_classes", config.model.num_classes, meta.num_classes, lambda a, b: a == b),
     ]
     for key, mine, theirs, same in checks:
