@@ -261,3 +261,23 @@ def test_a_one_channel_teacher_is_refused_when_two_channels_are_loaded(tmp_path)
     bundled = load_bundle(Path(__file__).resolve().parents[1] / "Resources" / "Models" / "prostatekd-student")
     with pytest.raises(ConfigError, match=r"key 'data.channels' is 2 but teacher 'prostatekd-student'"):
         check_teacher_grid(config, bundled)
+
+
+def test_modality_recipe_tiny(tmp_path, capsys):
+    """``compare_modality.py --scale tiny``: five models, the cross-modality student sees T2 only."""
+    import json
+
+    from training.recipes.compare_modality import ROWS, main
+
+    out = tmp_path / "modality"
+    assert main(["--out", str(out), "--scale", "tiny", "--quiet"]) == 0
+    assert "| cross_modality | T2 |" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    rows = {m["model"]: m for m in results["models"]}
+    assert list(rows) == list(ROWS)
+    assert rows["teacher_t2adc"]["inputs"] == "T2+ADC" and rows["cross_modality"]["inputs"] == "T2"
+    assert rows["cross_modality"]["parameters"] == rows["student_t2"]["parameters"] < rows["teacher_t2"]["parameters"]
+    assert all(0 <= m["dice_mean"] <= 1 for m in results["models"])
+    provenance = json.loads((out / "models" / "cross_modality" / "bundle" / "model.json").read_text())["provenance"]
+    assert provenance["teachers"][0]["name"] == "modality-recipe-teacher-t2adc"
+    assert (out / "dice_per_model.png").stat().st_size > 0
