@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-COMMANDS = ("train", "export", "prepare", "evaluate", "train_teacher", "distill", "self_distill", "adapt", "coteach")
+COMMANDS = ("train", "export", "prepare", "evaluate", "train_teacher", "distill", "self_distill", "adapt", "coteach",
+            "distill_data_free")
 
 
 def add_parsers(subparsers: Any) -> None:
