@@ -55,7 +55,7 @@ class DataFreeOptions:
     synthesis_steps: int = 20
     synthesis_lr: float = 0.1
     meta_lr: float = 0.5
-    tv_weight: float = 1e-3
+    tv_weight: float = 0.1  # smooth inputs: 0.001 gave Dice 0.000 on phantoms, 0.1 gave 0.10 after 5 epochs
     l2_weight: float = 1e-4
     temperature: float = 2.0
     learning_rate: float = 2e-3
