@@ -76,3 +76,28 @@ def test_cli_help():
     with pytest.raises(SystemExit) as exc:
         main(["distill-data-free", "--help"])
     assert exc.value.code == 0
+
+
+def test_datafree_recipe_on_a_tiny_comparison_run(tmp_path, capsys):
+    """``compare_datafree.py`` after ``compare_kd.py --scale tiny --methods none,logit_kd``."""
+    from training.recipes import compare_datafree, compare_kd
+
+    compare = tmp_path / "compare"
+    assert compare_kd.main(["--out", str(compare), "--scale", "tiny", "--quiet", "--methods", "none,logit_kd"]) == 0
+    out = tmp_path / "df"
+    assert compare_datafree.main(["--compare", str(compare), "--out", str(out), "--epochs", "1", "--batches", "1",
+                                  "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [m["model"] for m in results["models"]] == ["data_free", "none", "logit_kd", "teacher_full"]
+    student = json.loads((out / "student" / "bundle" / "model.json").read_text())
+    baseline = json.loads((compare / "students" / "none" / "bundle" / "model.json").read_text())
+    assert student["network"] == baseline["network"]  # the same student architecture
+    assert "| data_free | none (teacher bundle only) |" in capsys.readouterr().out
+
+
+def test_datafree_recipe_needs_a_finished_comparison(tmp_path):
+    from ProstateKDLib.errors import DataError
+    from training.recipes import compare_datafree
+
+    with pytest.raises(DataError, match="is not a finished compare_kd run"):
+        compare_datafree.main(["--compare", str(tmp_path), "--out", str(tmp_path / "x")])
