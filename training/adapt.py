@@ -41,7 +41,6 @@ import csv
 import datetime as _dt
 import math
 import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -50,6 +49,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ProstateKDLib.errors import BundleError, ConfigError, DataError, OutputError
+from .run_folder import check_output_folder, check_resumable_options, write_log_csv
 
 METHOD = "mean_teacher"
 OPTIONS_JSON = "options.json"
@@ -391,44 +391,6 @@ class TargetSampler:
 
 
 # ------------------------------------------------------------------ run folder
-def _check_out_dir(out_dir: Path, resume: bool) -> None:
-    from .checkpoint import LAST
-
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"output folder {out_dir} is a file")
-    if resume:
-        if not (out_dir / LAST).is_file():
-            raise OutputError(f"cannot resume: {out_dir / LAST} not found")
-        return
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise OutputError(
-            f"output folder {out_dir} is not empty; use --resume to continue the adaptation in it, "
-            "or choose a new folder"
-        )
-
-
-def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    for key in sorted(set(saved) | set(current)):
-        if key in FREE_OPTIONS:
-            continue
-        if saved.get(key) != current.get(key):
-            raise ConfigError(
-                f"adapt option '{key}' differs from the adaptation being resumed "
-                f"({saved.get(key)!r} there, {current.get(key)!r} here)"
-            )
-
-
-def _write_log(out_dir: Path, history: Sequence[dict[str, Any]]) -> None:
-    tmp = out_dir / f".log.csv.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(LOG_COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, ""))
-                             for k in LOG_COLUMNS})
-    os.replace(tmp, out_dir / "log.csv")
-
-
 def _load_bundle(bundle: Any) -> Any:
     from ProstateKDLib.bundle import ModelBundle, resolve_model
 
@@ -552,7 +514,7 @@ def adapt(
     out_dir = Path(out_dir).expanduser()
     loaded = _load_bundle(bundle)
     source_cases, target_images = index_adaptation_data(data, target_site)
-    _check_out_dir(out_dir, resume)
+    check_output_folder(out_dir, resume, activity="adaptation")
     from ProstateKDLib.device import resolve_device
 
     device = resolve_device(options.device)
@@ -583,7 +545,7 @@ def _adapt(bundle: Any, data: Any, target_site: str, out_dir: Path, options: Ada
     }
     checkpoint = load_checkpoint(out_dir / LAST) if resume else None
     if checkpoint is not None:
-        _check_resumable(checkpoint.get("options", {}), run_record)
+        check_resumable_options(checkpoint.get("options", {}), run_record, FREE_OPTIONS, "adapt", "adaptation")
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
 
@@ -631,7 +593,7 @@ def _adapt(bundle: Any, data: Any, target_site: str, out_dir: Path, options: Ada
         "data": {"root": run_record["data"], "source_cases": [c.case_id for c in source_cases],
                  "target_cases": [t.case_id for t in target_images]},
     }, resumed_from=state["epoch"] if checkpoint is not None else None)
-    _write_log(out_dir, state["history"])
+    write_log_csv(out_dir, state["history"], LOG_COLUMNS)
 
     teacher.eval()
     for epoch in range(state["epoch"] + 1, options.epochs + 1):
@@ -672,7 +634,7 @@ def _adapt(bundle: Any, data: Any, target_site: str, out_dir: Path, options: Ada
             "source_sampler": source.state_dict(), "target_sampler": target.state_dict(),
             "augment_rng": augment.get_state(), "rng": capture_rng(),
         }, out_dir / LAST)
-        _write_log(out_dir, state["history"])
+        write_log_csv(out_dir, state["history"], LOG_COLUMNS)
         if progress:
             tqdm.write(f"adapt epoch {epoch}/{options.epochs}: loss {row['loss']:.4f} sup {row['sup']:.4f} "
                        f"consistency {row['consistency']:.5f} (weight {row['consistency_weight']:.3f}) "

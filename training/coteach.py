@@ -46,7 +46,6 @@ import copy
 import csv
 import math
 import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -64,6 +63,7 @@ from .adapt import (
     intensity_view,
 )
 from .config import Config, ModelConfig, load_config
+from .run_folder import check_output_folder, check_resumable_options, write_log_csv
 
 METHOD = "coteach"
 OPTIONS_JSON = "options.json"
@@ -284,38 +284,6 @@ def _preprocess_unlabelled(image: TargetImage, config: Config) -> Any:
 
 
 # ------------------------------------------------------------------ run folder
-def _check_out_dir(out_dir: Path, resume: bool) -> None:
-    from .checkpoint import LAST
-
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"output folder {out_dir} is a file")
-    if resume:
-        if not (out_dir / LAST).is_file():
-            raise OutputError(f"cannot resume: {out_dir / LAST} not found")
-        return
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise OutputError(f"output folder {out_dir} is not empty; use --resume to continue the co-teaching in it, "
-                          "or choose a new folder")
-
-
-def _check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
-    for key in sorted(set(saved) | set(current)):
-        if key not in FREE_OPTIONS and saved.get(key) != current.get(key):
-            raise ConfigError(f"coteach option '{key}' differs from the co-teaching being resumed "
-                              f"({saved.get(key)!r} there, {current.get(key)!r} here)")
-
-
-def _write_log(out_dir: Path, history: Sequence[Mapping[str, Any]]) -> None:
-    tmp = out_dir / f".log.csv.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(LOG_COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: ("" if row.get(k) is None else f"{row[k]:.6g}" if isinstance(row[k], float)
-                                 else row[k]) for k in LOG_COLUMNS})
-    os.replace(tmp, out_dir / "log.csv")
-
-
 def _check_large(config: Config, options: CoteachOptions) -> ModelConfig:
     """The large network as a model section, checked like the config's (arguments, patch divisibility)."""
     from .config import _check_model
@@ -435,7 +403,7 @@ def coteach(
     clash = next((i for i in images if Path(i.image).resolve() in labelled_paths), None)
     if clash is not None:
         raise DataError(f"unlabelled image {clash.image} is also a labelled case of {config.data.root}")
-    _check_out_dir(out_dir, resume)
+    check_output_folder(out_dir, resume, activity="co-teaching")
     from ProstateKDLib.device import resolve_device
 
     device = resolve_device(options.device)
@@ -467,7 +435,7 @@ def _coteach(config: Config, unlabelled: Any, out_dir: Path, options: CoteachOpt
                   "unlabelled": str(Path(unlabelled).expanduser().resolve()), **options.to_dict()}
     checkpoint = load_checkpoint(out_dir / LAST) if resume else None
     if checkpoint is not None:
-        _check_resumable(checkpoint.get("options", {}), run_record)
+        check_resumable_options(checkpoint.get("options", {}), run_record, FREE_OPTIONS, "coteach", "co-teaching")
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
 
@@ -522,7 +490,7 @@ def _coteach(config: Config, unlabelled: Any, out_dir: Path, options: CoteachOpt
                  "val_cases": [c.case_id for c in val_cases], "unlabelled": run_record["unlabelled"],
                  "unlabelled_cases": [i.case_id for i in images]},
     }, resumed_from=state["epoch"] if checkpoint is not None else None)
-    _write_log(out_dir, state["history"])
+    write_log_csv(out_dir, state["history"], LOG_COLUMNS)
 
     for epoch in range(state["epoch"] + 1, options.epochs + 1):
         started = time.perf_counter()
@@ -587,7 +555,7 @@ def _coteach(config: Config, unlabelled: Any, out_dir: Path, options: CoteachOpt
             "labelled_sampler": labelled.state_dict(), "unlabelled_sampler": target.state_dict(),
             "augment_rng": augment.get_state(), "rng": capture_rng(),
         }, out_dir / LAST)
-        _write_log(out_dir, state["history"])
+        write_log_csv(out_dir, state["history"], LOG_COLUMNS)
         if progress:
             dice = " ".join(f"val_dice_{k} {row[f'val_dice_{k}']:.4f}" for k in ROLES
                             if row[f"val_dice_{k}"] is not None)

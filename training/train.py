@@ -27,10 +27,8 @@ averages are reduced, and only rank 0 validates and writes files.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,18 +46,9 @@ CHECKPOINT_FORMAT = 1
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
     """OutputError unless ``run_dir`` can take a new run (or holds one to resume); writes nothing."""
-    from .checkpoint import LAST
+    from .run_folder import check_output_folder
 
-    if run_dir.exists() and not run_dir.is_dir():
-        raise OutputError(f"run folder {run_dir} is a file")
-    if resume:
-        if not (run_dir / LAST).is_file():
-            raise OutputError(f"cannot resume: {run_dir / LAST} not found")
-        return
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        raise OutputError(
-            f"run folder {run_dir} is not empty; use --resume to continue the run in it, or choose a new folder"
-        )
+    check_output_folder(run_dir, resume, noun="run folder", activity="run")
 
 
 def _check_resumable(config: Config, saved: dict[str, Any]) -> None:
@@ -94,18 +83,9 @@ def learning_rate(base: float, schedule: str, step: int, total_steps: int) -> fl
 
 
 def _write_log(run_dir: Path, history: Sequence[dict[str, Any]], terms: Sequence[str]) -> None:
-    columns = ["epoch", "loss", *terms, "val_dice", "lr", "seconds"]  # terms: loss terms, then statistics
-    tmp = run_dir / f".log.csv.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: ("" if row.get(k) is None else _fmt(row.get(k))) for k in columns})
-    os.replace(tmp, run_dir / "log.csv")
+    from .run_folder import write_log_csv
 
-
-def _fmt(value: Any) -> Any:
-    return f"{value:.6g}" if isinstance(value, float) else value
+    write_log_csv(run_dir, history, ["epoch", "loss", *terms, "val_dice", "lr", "seconds"])  # terms, then stats
 
 
 def _load_volumes(cases: Sequence[Any], config: Config, what: str, progress: bool) -> list[tuple[Any, Any]]:
