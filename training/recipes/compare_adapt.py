@@ -72,6 +72,36 @@ def train_student(out: Path, key: str, pool: Path, scale: dict[str, Any], thread
     return bundle
 
 
+def site_table(rows: list[dict[str, Any]], described: dict[str, str], sites: list[str], test: list[Any],
+               title: str, target: str = "") -> tuple[list[dict[str, Any]], str]:
+    """Per-model Dice per site and mean (records) and the Markdown results page of these recipes.
+
+    Args:
+        rows: per-case ``{"model", "site", "dice"}`` rows (``evaluate_all``).
+        described: model key -> what it was trained on, in table order.
+        target: a site to mark ``(target)`` in the header (none when empty).
+    """
+    from training.recipes.compare_report import _mean
+
+    table = []
+    for key, training_data in described.items():
+        mine = [r for r in rows if r["model"] == key]
+        record: dict[str, Any] = {"model": key, "training data": training_data}
+        for site in sites:
+            record[f"dice_{site}"] = _mean([r["dice"] for r in mine if r["site"] == site])
+        record["dice_mean"] = _mean([r["dice"] for r in mine])
+        table.append(record)
+    header = ["model", "training data", *[f"Dice {s}{' (target)' if s == target else ''}" for s in sites], "Dice mean"]
+    lines = [title, "",
+             f"Held-out test cases: {', '.join(c.case_id for c in test)}. Dice on the input grid, through the "
+             "inference path (prostatekd evaluate).", "",
+             "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    for r in table:
+        lines.append("| " + " | ".join([r["model"], r["training data"], *[f"{r[f'dice_{s}']:.3f}" for s in sites],
+                                        f"{r['dice_mean']:.3f}"]) + " |")
+    return table, "\n".join(lines) + "\n"
+
+
 def plot(out: Path, table: list[dict[str, Any]], sites: list[str], target: str, title: str | None = None) -> Path:
     """Grouped bars ``dice_per_site.png``: Dice per site for each model; the target site (if any) marked."""
     import matplotlib
@@ -118,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     from ProstateKDLib.errors import OutputError
     from training.adapt import adapt
     from training.recipes.compare_kd import PHANTOM_NOTE, SCALES, evaluate_all, make_data
-    from training.recipes.compare_report import _mean
-
     scale = copy.deepcopy(SCALES[args.scale])
     target = args.target_site or scale["sites"][-1]
     if target not in scale["sites"]:
@@ -153,23 +181,8 @@ def main(argv: list[str] | None = None) -> int:
               "source_continued": f"source_only + {epochs} epochs, consistency weight 0 (control)",
               "adapted": f"source_only + {epochs} epochs with {target} images (no labels)",
               "oracle": f"all sites incl. {target}, labelled"}
-    table = []
-    for key in ROWS:
-        mine = [r for r in rows if r["model"] == key]
-        record: dict[str, Any] = {"model": key, "training data": labels[key]}
-        for site in sites:
-            record[f"dice_{site}"] = _mean([r["dice"] for r in mine if r["site"] == site])
-        record["dice_mean"] = _mean([r["dice"] for r in mine])
-        table.append(record)
-    header = ["model", "training data", *[f"Dice {s}{' (target)' if s == target else ''}" for s in sites], "Dice mean"]
-    lines = [f"# Site adaptation to {target} ({args.scale} scale) - {PHANTOM_NOTE}", "",
-             f"Held-out test cases: {', '.join(c.case_id for c in test)}. Dice on the input grid, through the "
-             "inference path (prostatekd evaluate).", "",
-             "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
-    for r in table:
-        lines.append("| " + " | ".join([r["model"], r["training data"], *[f"{r[f'dice_{s}']:.3f}" for s in sites],
-                                        f"{r['dice_mean']:.3f}"]) + " |")
-    text = "\n".join(lines) + "\n"
+    table, text = site_table(rows, {k: labels[k] for k in ROWS}, sites, test,
+                             f"# Site adaptation to {target} ({args.scale} scale) - {PHANTOM_NOTE}", target)
     (out / "results.md").write_text(text, encoding="utf-8")
     (out / "results.json").write_text(json.dumps({
         "meta": {"scale": args.scale, "target_site": target, "seed": args.seed, "note": f"All numbers {PHANTOM_NOTE}.",

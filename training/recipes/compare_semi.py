@@ -94,9 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     from ProstateKDLib.errors import OutputError
     from training.coteach import coteach
     from training.export import export_run
-    from training.recipes.compare_adapt import plot
+    from training.recipes.compare_adapt import plot, site_table
     from training.recipes.compare_kd import PHANTOM_NOTE, SCALES, evaluate_all, make_data
-    from training.recipes.compare_report import _mean
     from training.train import train
 
     scale = copy.deepcopy(SCALES[args.scale])
@@ -135,23 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                  "coteach": f"{n_labelled} labelled + {n_unlabelled} unlabelled (small network)",
                  "coteach_large": f"{n_labelled} labelled + {n_unlabelled} unlabelled (large network)",
                  "all_labels": f"{n_labelled + n_unlabelled} labelled cases"}
-    table = []
-    for key in ROWS:
-        mine = [r for r in rows if r["model"] == key]
-        record: dict[str, Any] = {"model": key, "training data": described[key]}
-        for site in sites:
-            record[f"dice_{site}"] = _mean([r["dice"] for r in mine if r["site"] == site])
-        record["dice_mean"] = _mean([r["dice"] for r in mine])
-        table.append(record)
-    header = ["model", "training data", *[f"Dice {s}" for s in sites], "Dice mean"]
-    lines = [f"# Semi-supervised co-teaching ({args.scale} scale) - {PHANTOM_NOTE}", "",
-             f"Held-out test cases: {', '.join(c.case_id for c in test)}. Dice on the input grid, through the "
-             "inference path (prostatekd evaluate).", "",
-             "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
-    for r in table:
-        lines.append("| " + " | ".join([r["model"], r["training data"], *[f"{r[f'dice_{s}']:.3f}" for s in sites],
-                                        f"{r['dice_mean']:.3f}"]) + " |")
-    text = "\n".join(lines) + "\n"
+    table, text = site_table(rows, {k: described[k] for k in ROWS}, sites, test,
+                             f"# Semi-supervised co-teaching ({args.scale} scale) - {PHANTOM_NOTE}")
     (out / "results.md").write_text(text, encoding="utf-8")
     (out / "results.json").write_text(json.dumps({
         "meta": {"scale": args.scale, "labelled_per_site": args.labelled_per_site, "seed": args.seed,
