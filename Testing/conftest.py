@@ -14,6 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+#: The project's real data (PROMISE12, ProstateX DICOM): ``../shared/data`` beside the checkout.
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (real MRI; see its README); fails clearly when it is not beside the checkout."""
+    if not (SHARED_DATA / "promise12").is_dir():
+        pytest.fail(f"real data not found at {SHARED_DATA}: put the project's shared/ folder beside the checkout")
+    return SHARED_DATA
+
 TINY_NETWORK = {"name": "unet", "kwargs": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}}
 
 MODEL_JSON: dict[str, Any] = {
