@@ -7,7 +7,10 @@ be confidently wrong, independent of which model gave it:
   distinct values) or noise (neighbouring voxels unrelated);
 - the **output** is not a gland the model is sure of: its own foreground
   probabilities sit near 0.5 (low margin), the mask lies far from the volume
-  centre (prostate MRI is centred on the gland), or it is not compact.
+  centre (prostate MRI is centred on the gland), or it is not compact; on
+  request (it costs a second network pass) the model is also asked again on
+  the left-right mirrored input, and must agree with itself (the gland is
+  left-right symmetric, a confident wrong answer seldom is).
 
 Each warning names its check (``[check: foreground-margin]``). The thresholds
 are the constants below; a bundle may override any of them in
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -40,6 +43,8 @@ MIN_FOREGROUND_MARGIN = 0.5
 MAX_CENTRE_OFFSET = 0.5
 #: sphericity (face-counted surface, so a voxelised ball scores about 0.65) below this: not a compact gland
 MIN_COMPACTNESS = 0.45
+#: Dice between the mask and the mirrored mask of the left-right mirrored input (opt-in, ``--flip-check``)
+MIN_FLIP_AGREEMENT = 0.8
 SAMPLE_VOXELS = 1_000_000
 
 
@@ -52,6 +57,7 @@ class QualityThresholds:
     min_foreground_margin: float = MIN_FOREGROUND_MARGIN
     max_centre_offset: float = MAX_CENTRE_OFFSET
     min_compactness: float = MIN_COMPACTNESS
+    min_flip_agreement: float = MIN_FLIP_AGREEMENT
 
 
 def thresholds_from_model(raw: Mapping[str, Any]) -> QualityThresholds:
@@ -145,6 +151,33 @@ def measure_quality(image_array: np.ndarray, mask: np.ndarray, spacing: Sequence
             **mask_measures(mask, spacing)}
 
 
+def left_right_axis(direction: Sequence[float]) -> int:
+    """The numpy axis (z, y, x order) of a 3D image whose direction is closest to patient left-right."""
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)  # columns: image axes i, j, k in LPS
+    image_axis = int(np.argmax(np.abs(matrix[0])))  # the i/j/k axis with the largest L-R component
+    return 2 - image_axis
+
+
+def flip_agreement(segment: Callable[[Any], Any], image: Any, mask: np.ndarray) -> float:
+    """Dice between ``mask`` and the segmentation of the left-right mirrored ``image``, mirrored back.
+
+    Args:
+        segment: ``segment(sitk_image) -> sitk_mask`` (for example
+            ``lambda im: segmenter.segment(im).mask``).
+        image: the 3D SimpleITK input that ``mask`` (z, y, x array) was segmented from.
+        mask: its mask.
+    """
+    import SimpleITK as sitk
+
+    axis = left_right_axis(image.GetDirection())
+    mirrored = sitk.GetImageFromArray(np.flip(sitk.GetArrayFromImage(image), axis).copy())
+    mirrored.CopyInformation(image)
+    again = np.flip(sitk.GetArrayFromImage(segment(mirrored)), axis) > 0
+    mask = np.asarray(mask) > 0
+    total = int(mask.sum() + again.sum())
+    return 1.0 if total == 0 else round(float(2 * (mask & again).sum() / total), 4)
+
+
 def quality_warnings(measures: Mapping[str, float], thresholds: QualityThresholds | None = None) -> list[str]:
     """The warnings the ``measures`` of :func:`measure_quality` call for; each names its check."""
     t = thresholds or QualityThresholds()
@@ -165,6 +198,9 @@ def quality_warnings(measures: Mapping[str, float], thresholds: QualityThreshold
     if m.get("centre_offset", 0.0) > t.max_centre_offset:
         warnings.append(f"{unsure}: the mask lies far from the volume centre (offset {m['centre_offset']:.2f} "
                         f"of the half extent) [check: centre-offset > {t.max_centre_offset:g}]")
+    if m.get("flip_agreement", 1.0) < t.min_flip_agreement:
+        warnings.append(f"{unsure}: the model disagrees with itself on the mirrored input (Dice "
+                        f"{m['flip_agreement']:.2f}) [check: flip-agreement < {t.min_flip_agreement:g}]")
     if m.get("compactness", 1.0) < t.min_compactness:
         warnings.append(f"{unsure}: the mask is not a compact gland (compactness {m['compactness']:.2f}) "
                         f"[check: compactness < {t.min_compactness:g}]")

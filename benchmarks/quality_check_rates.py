@@ -13,7 +13,8 @@ Segments, with one model bundle (default: the bundled student):
 * ``noise``: pure gaussian noise on the case's grid.
 
 For every input it records the Dice (where an expert mask exists), the
-volume, the quality measures and which checks fired. Prints a table (per
+volume, the quality measures (with the opt-in flip agreement, unless
+``--no-flip``) and which checks fired. Prints a table (per
 group: how many inputs, how many with any quality warning, per check) and
 writes the rows as JSON (``--out``). Real data: PROMISE12 (CC BY 4.0; spacing
 estimated, see the data README); Dice on each case's own grid.
@@ -24,8 +25,8 @@ estimated, see the data README); Dice on each case's own grid.
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 import json
-import math
 import re
 import sys
 import time
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
     parser.add_argument("--limit", type=int, default=None, help="only the first N cases (a quick look)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-flip", action="store_true",
+                        help="skip the flip-agreement measure (it costs a second network pass per input)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON report (default: benchmarks/reports/quality_checks/<model>-<version>.json)")
@@ -109,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from ProstateKDLib.image_io import read_volume
     from ProstateKDLib.inference import Segmenter
-    from ProstateKDLib.quality_checks import thresholds_from_model
+    from ProstateKDLib.quality_checks import flip_agreement, quality_warnings, thresholds_from_model
 
     segmenter = Segmenter(args.model, device=args.device, num_threads=args.threads)
     meta = segmenter.bundle.meta
+    thresholds = thresholds_from_model(meta.raw)
     cases = real_cases(args.data, args.split_index)[: args.limit]
     rng = np.random.default_rng(0)
     rows: list[dict[str, Any]] = []
@@ -138,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             result = segmenter.segment(volume)
             seconds = time.perf_counter() - start
             labels = sitk.GetArrayViewFromImage(result.mask)
+            if not args.no_flip:
+                quality = {**result.quality,
+                           "flip_agreement": flip_agreement(lambda im: segmenter.segment(im).mask, volume, labels)}
+                result.quality = quality
+                result.warnings += [w for w in quality_warnings(quality, thresholds) if "flip-agreement" in w]
             checks = sorted({m for w in result.warnings for m in CHECK.findall(w)})
             row = {
                 "case": name, "group": group,
@@ -160,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_training_data": meta.provenance.get("training_data"),
         "data": "PROMISE12 (real; spacing estimated, see shared/data/README.md)",
         "split_index": str(args.split_index) if args.split_index else "all cases",
-        "thresholds": vars(thresholds_from_model(meta.raw)) if hasattr(thresholds_from_model(meta.raw), "__dict__")
-        else {},
+        "thresholds": asdict(thresholds),
         "command": " ".join(sys.argv),
         "summary": table, "rows": rows,
     }

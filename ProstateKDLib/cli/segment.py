@@ -50,6 +50,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--format", choices=sorted(OUTPUT_FORMATS), default="nii.gz", help="batch output format"
     )
+    parser.add_argument(
+        "--flip-check", action="store_true",
+        help="also segment the left-right mirrored input and warn when the model disagrees with itself "
+             "(a second network pass)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument(
         "--progress", action="store_true",
@@ -101,10 +106,27 @@ def _run(args: argparse.Namespace) -> int:
         args.input, args.output, channel=args.channel, overwrite=args.overwrite,
         progress=print_progress if args.progress else None,
     )
+    if args.flip_check:
+        add_flip_check(segmenter, args.input, args.channel, result)
     summary = result.summary()
     summary["model_path"] = str(segmenter.bundle.path)
     print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
+
+
+def add_flip_check(segmenter: Any, input_path: Any, channel: int | None, result: Any) -> None:
+    """Add the flip agreement to ``result.quality`` (and its warning, if it fails) for the input at ``input_path``."""
+    import SimpleITK as sitk
+
+    from ..image_io import read_volume
+    from ..quality_checks import flip_agreement, quality_warnings, thresholds_from_model
+
+    image = read_volume(input_path, channel=channel)
+    labels = sitk.GetArrayViewFromImage(result.mask)
+    result.quality["flip_agreement"] = flip_agreement(lambda im: segmenter.segment(im).mask, image, labels)
+    thresholds = thresholds_from_model(segmenter.bundle.meta.raw)
+    check = {"flip_agreement": result.quality["flip_agreement"]}
+    result.warnings += quality_warnings(check, thresholds)
 
 
 def print_progress(fraction: float, message: str) -> None:
@@ -141,7 +163,10 @@ def _run_batch(args: argparse.Namespace, segmenter: Any) -> int:
     bar = tqdm(total=len(items), desc="segment", unit="case", file=sys.stderr, disable=args.json)
 
     def segment_one(item: Any, output: Path) -> Any:
-        return segmenter.segment_file(item.path, output, channel=item.channel, overwrite=args.overwrite)
+        result = segmenter.segment_file(item.path, output, channel=item.channel, overwrite=args.overwrite)
+        if args.flip_check:
+            add_flip_check(segmenter, item.path, item.channel, result)
+        return result
 
     def on_case(row: dict[str, Any]) -> None:
         bar.update(1)
