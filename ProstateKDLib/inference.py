@@ -222,7 +222,9 @@ class Segmenter:
         write fails at once and nothing is written.
         """
         from .image_io import check_output_path, read_volume, write_mask
+        from .safe_paths import check_not_input
 
+        check_not_input(output_path, input_path)  # never replace the input, even through a link
         output = check_output_path(output_path, overwrite=overwrite)
         start = time.perf_counter()
         image = read_volume(input_path, channel=channel)

@@ -103,3 +103,13 @@ def test_flip_agreement_and_its_left_right_axis(make_volume):
     agreement = flip_agreement(left_half, image, mask)
     assert agreement == 0.0
     assert _checks(quality_warnings({"flip_agreement": agreement})) == ["flip-agreement"]
+
+
+def test_real_dicom_t2_series_pass_the_input_checks(shared_data):
+    from ProstateKDLib.image_io import read_volume
+
+    series = sorted(shared_data.glob("dicom/ProstateX-*/*/*t2tsetra*"))
+    assert len(series) == 3
+    for folder in series:
+        measures = input_measures(sitk.GetArrayViewFromImage(read_volume(folder)))
+        assert quality_warnings(measures) == [], (folder, measures)

@@ -15,7 +15,9 @@ Segments, with one model bundle (default: the bundled student):
 For every input it records the Dice (where an expert mask exists), the
 volume, the quality measures (with the opt-in flip agreement, unless
 ``--no-flip``) and which checks fired. Prints a table (per
-group: how many inputs, how many with any quality warning, per check) and
+group: how many inputs, how many with a quality-check warning, per check;
+for inputs with an expert mask, how many are wrong, Dice < 0.5, and how many
+of those the checks caught) and
 writes the rows as JSON (``--out``). Real data: PROMISE12 (CC BY 4.0; spacing
 estimated, see the data README); Dice on each case's own grid.
 
@@ -40,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 GROUPS = ("real", "tilt15", "tilt30", "mask_as_input", "noise")
 FAR_OFFSET_MM = (812.0, -655.0, 940.0)
+WRONG_DICE = 0.5  # a "wrong answer" in the table: Dice below this against the expert mask
 CHECK = re.compile(r"\[check: ([a-z-]+)")
 
 
@@ -193,24 +196,29 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 per_check[check] = per_check.get(check, 0) + 1
         dices = [r["dice"] for r in members if r["dice"] is not None]
         fired = sum(bool(r["checks_fired"]) for r in members)
+        wrong = [r for r in members if r["dice"] is not None and r["dice"] < WRONG_DICE]
         table[group] = {
             "inputs": len(members), "fired": fired, "rate": round(fired / len(members), 3),
             "per_check": dict(sorted(per_check.items())),
             "mean_dice": round(float(np.mean(dices)), 4) if dices else None,
             "any_warning": sum(bool(r["warnings"]) for r in members),
+            "wrong": len(wrong) if dices else None,
+            "wrong_and_fired": sum(bool(r["checks_fired"]) for r in wrong) if dices else None,
         }
     return table
 
 
 def format_table(table: dict[str, dict[str, Any]]) -> str:
     """The summary as a Markdown table."""
-    lines = ["| inputs | n | quality check fired | rate | any warning | mean Dice | per check |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"| inputs | n | quality check fired | rate | any warning | mean Dice | Dice < {WRONG_DICE:g} "
+             "(of them fired) | per check |",
+             "|---|---|---|---|---|---|---|---|"]
     for group, t in table.items():
         dice_text = "-" if t["mean_dice"] is None else f"{t['mean_dice']:.3f}"
+        wrong_text = "-" if t["wrong"] is None else f"{t['wrong']} ({t['wrong_and_fired']})"
         checks = ", ".join(f"{k} {v}" for k, v in t["per_check"].items()) or "-"
         lines.append(f"| {group} | {t['inputs']} | {t['fired']} | {t['rate']:.2f} | {t['any_warning']} | "
-                     f"{dice_text} | {checks} |")
+                     f"{dice_text} | {wrong_text} | {checks} |")
     return "\n".join(lines)
 
 
