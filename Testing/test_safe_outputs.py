@@ -69,7 +69,9 @@ def test_output_that_is_the_input_is_refused(run, tmp_path, make_volume):
 def test_output_that_is_a_file_of_the_input_dicom_series_is_refused(run, tmp_path, make_volume):
     series = tmp_path / "series"
     write_dicom_series(make_volume(), series)
-    target = series / "slice000.dcm"
+    for index, path in enumerate(sorted(series.iterdir())):  # scanner-style names, no suffix
+        path.rename(series / f"IM{index:05d}")
+    target = series / "IM00000"
     link = tmp_path / "slice.nii.gz"
     link.symlink_to(target)
     before = target.read_bytes()
