@@ -4,8 +4,10 @@
 Segments, with one model bundle (default: the bundled student):
 
 * ``real``: the real PROMISE12 cases in ``<data>/promise12/<SITE>/CaseNN.nii.gz``
-  (all 36, or the ``test`` list of ``--split-index`` when given: a JSON file
-  with a ``"test"`` list of case names, or of ``SITE/CaseNN``);
+  (all 36; ``--only-test`` keeps the test split). The table adds a
+  ``real_test`` row for the cases of the test split of ``--split-index``
+  (default: the project's ``training/indexes/promise12.json``, its
+  ``splits.test`` list of ``SITE/CaseNN``), the cases no model was tuned on;
 * ``tilt15`` / ``tilt30``: each of those cases resampled onto a grid rotated
   15 or 30 degrees about two axes (x and y), LPI, with its origin moved
   ~1.4 m away (the expert mask goes through the same resampling, nearest neighbour);
@@ -41,6 +43,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 GROUPS = ("real", "tilt15", "tilt30", "mask_as_input", "noise")
+TABLE_GROUPS = ("real", "real_test", "tilt15", "tilt30", "mask_as_input", "noise")
+DEFAULT_INDEX = ROOT / "training" / "indexes" / "promise12.json"
 FAR_OFFSET_MM = (812.0, -655.0, 940.0)
 WRONG_DICE = 0.5  # a "wrong answer" in the table: Dice below this against the expert mask
 CHECK = re.compile(r"\[check: ([a-z-]+)")
@@ -52,16 +56,23 @@ def default_data() -> Path:
     return beside if (beside / "promise12").is_dir() else Path("/work/shared/data")
 
 
-def real_cases(data: Path, split_index: Path | None) -> list[tuple[str, Path, Path]]:
-    """(``SITE/CaseNN``, image, expert mask) of the PROMISE12 cases, or of the split's test list."""
+def split_test_cases(split_index: Path | None) -> set[str]:
+    """The ``SITE/CaseNN`` names of an index's test split (``splits.test``, or a top-level ``test``)."""
+    if split_index is None or not split_index.is_file():
+        return set()
+    index = json.loads(split_index.read_text())
+    return set(index.get("splits", {}).get("test", index.get("test", [])))
+
+
+def real_cases(data: Path, only: set[str] | None = None) -> list[tuple[str, Path, Path]]:
+    """(``SITE/CaseNN``, image, expert mask) of the PROMISE12 cases (those in ``only`` when given)."""
     root = data / "promise12"
     cases = sorted(
         (f"{p.parent.name}/{p.name[:-7]}", p, p.with_name(p.name[:-7] + "_segmentation.nii.gz"))
         for p in root.glob("*/Case??.nii.gz")
     )
-    if split_index is not None:
-        wanted = set(json.loads(split_index.read_text())["test"])
-        cases = [c for c in cases if c[0] in wanted or c[0].split("/")[1] in wanted]
+    if only is not None:
+        cases = [c for c in cases if c[0] in only]
     if not cases:
         raise SystemExit(f"no PROMISE12 cases found in {root}")
     return cases
@@ -100,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=default_data(), help="the shared data folder")
     parser.add_argument("--model", default=None, help="bundle name or path (default: the bundled student)")
-    parser.add_argument("--split-index", type=Path, default=None, help="JSON with a 'test' list of cases")
+    parser.add_argument("--split-index", type=Path, default=DEFAULT_INDEX,
+                        help="dataset index with the test split (default: training/indexes/promise12.json)")
+    parser.add_argument("--only-test", action="store_true", help="segment only the test split's cases")
     parser.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
     parser.add_argument("--limit", type=int, default=None, help="only the first N cases (a quick look)")
     parser.add_argument("--threads", type=int, default=2)
@@ -120,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     segmenter = Segmenter(args.model, device=args.device, num_threads=args.threads)
     meta = segmenter.bundle.meta
     thresholds = thresholds_from_model(meta.raw)
-    cases = real_cases(args.data, args.split_index)[: args.limit]
+    test_cases = split_test_cases(args.split_index)
+    if args.only_test and not test_cases:
+        raise SystemExit(f"--only-test: no test split in {args.split_index}")
+    cases = real_cases(args.data, test_cases if args.only_test else None)[: args.limit]
     rng = np.random.default_rng(0)
     rows: list[dict[str, Any]] = []
     for name, image_path, mask_path in cases:
@@ -152,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 result.warnings += [w for w in quality_warnings(quality, thresholds) if "flip-agreement" in w]
             checks = sorted({m for w in result.warnings for m in CHECK.findall(w)})
             row = {
-                "case": name, "group": group,
+                "case": name, "group": group, "test_split": name in test_cases,
                 "dice": None if truth is None else round(dice(labels, sitk.GetArrayViewFromImage(truth)), 4),
                 "volume_ml": round(result.volume_ml, 2), "seconds": round(seconds, 2),
                 "quality": {k: (None if v != v else v) for k, v in result.quality.items()},
@@ -171,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": f"{meta.name} {meta.version}", "model_path": str(segmenter.bundle.path),
         "model_training_data": meta.provenance.get("training_data"),
         "data": "PROMISE12 (real; spacing estimated, see shared/data/README.md)",
-        "split_index": str(args.split_index) if args.split_index else "all cases",
+        "split_index": str(args.split_index) if test_cases else None,
+        "test_split_cases": sorted(test_cases),
         "thresholds": asdict(thresholds),
         "command": " ".join(sys.argv),
         "summary": table, "rows": rows,
@@ -186,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per group: inputs, inputs with any quality warning (rate), per-check counts, mean Dice."""
     table: dict[str, dict[str, Any]] = {}
-    for group in GROUPS:
-        members = [r for r in rows if r["group"] == group]
+    for group in TABLE_GROUPS:
+        if group == "real_test":
+            members = [r for r in rows if r["group"] == "real" and r.get("test_split")]
+        else:
+            members = [r for r in rows if r["group"] == group]
         if not members:
             continue
         per_check: dict[str, int] = {}
