@@ -111,5 +111,6 @@ def test_real_dicom_t2_series_pass_the_input_checks(shared_data):
     series = sorted(shared_data.glob("dicom/ProstateX-*/*/*t2tsetra*"))
     assert len(series) == 3
     for folder in series:
-        measures = input_measures(sitk.GetArrayViewFromImage(read_volume(folder)))
+        image = read_volume(folder)  # kept alive: an array view does not own the image's buffer
+        measures = input_measures(sitk.GetArrayViewFromImage(image))
         assert quality_warnings(measures) == [], (folder, measures)
