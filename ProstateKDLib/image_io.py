@@ -12,7 +12,6 @@ import gzip
 import math
 import os
 import re
-import secrets
 import struct
 import zlib
 from pathlib import Path
@@ -22,7 +21,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, OutputError
+from .native_stderr import captured_native_stderr, first_native_line
+from .nifti_header import nifti_pixdim, spacing_is_missing
 from .seg_nrrd import PROSTATE_SEGMENT, SegmentInfo, slicer_segmentation_metadata
+from .temp_files import temporary_path
 
 __all__ = [
     "OUTPUT_SUFFIXES",
@@ -80,7 +82,11 @@ def read_volume(
 
             - ``input not found: <path>``
             - ``cannot read <path>: not a readable NIfTI, NRRD, MHA/MHD or DICOM image``
-            - ``cannot read <path>: the file is damaged or truncated``
+            - ``cannot read <path>: the file is damaged or truncated`` (followed by ITK's own
+              reason in brackets when it printed one, e.g. ``(MetaImage: Read: Cannot open data file)``;
+              ITK's console output is captured, never shown)
+            - ``<path> has implausible voxel spacing (0.5, 0.5, 0) mm; expected 0.05-20 mm per axis``
+              (also for a zero NIfTI ``pixdim``, which ITK would read as 1 mm)
             - ``cannot read <path>: NIfTI-2 is not supported; save it as NIfTI-1``
             - ``cannot read <path>: its orientation matrix is not orthonormal (sheared)``
             - ``no DICOM series found in folder <path>``
@@ -117,6 +123,26 @@ def read_volume(
 
 
 def _read_file(path: Path) -> sitk.Image:
+    with captured_native_stderr() as native:  # ITK/MetaIO console text: kept out of stderr
+        try:
+            return _read_file_quietly(path)
+        except InputError as error:
+            failure = error
+    detail = first_native_line(native)
+    if detail and str(failure).endswith("damaged or truncated"):
+        raise InputError(f"{failure} ({detail})") from None
+    raise failure
+
+
+def _implausible_spacing(path: Path | str, spacing: Sequence[float]) -> InputError:
+    low, high = SPACING_RANGE_MM
+    return InputError(
+        f"{path} has implausible voxel spacing ({', '.join(f'{s:g}' for s in spacing)}) mm; "
+        f"expected {low:g}-{high:g} mm per axis"
+    )
+
+
+def _read_file_quietly(path: Path) -> sitk.Image:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -125,6 +151,11 @@ def _read_file(path: Path) -> sitk.Image:
         if _is_nifti2(path):
             raise InputError(f"cannot read {path}: NIfTI-2 is not supported; save it as NIfTI-1") from None
         raise InputError(_read_error(path, error, "not a readable NIfTI, NRRD, MHA/MHD or DICOM image")) from None
+    header_spacing = tuple(reader.GetSpacing())[:3]
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        header_spacing = nifti_pixdim(path) or header_spacing  # ITK shows a zero pixdim as 1 mm
+    if spacing_is_missing(header_spacing):
+        raise _implausible_spacing(path, header_spacing)
     try:
         image = reader.Execute()
     except RuntimeError as error:
@@ -328,10 +359,7 @@ def validate_volume(image: sitk.Image, name: str = "input") -> None:
     spacing = image.GetSpacing()
     low, high = SPACING_RANGE_MM
     if not all(math.isfinite(s) and low <= s <= high for s in spacing):
-        raise InputError(
-            f"{name} has implausible voxel spacing ({', '.join(f'{s:g}' for s in spacing)}) mm; "
-            f"expected {low:g}-{high:g} mm per axis"
-        )
+        raise _implausible_spacing(name, spacing)
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
     orthonormal = np.allclose(direction.T @ direction, np.eye(3), atol=_ORTHONORMAL_TOL)
     if not np.all(np.isfinite(direction)) or not orthonormal:
@@ -426,8 +454,7 @@ def write_mask(
     if suffix == ".seg.nrrd":
         for key, value in slicer_segmentation_metadata(image, list(segments or [PROSTATE_SEGMENT])).items():
             image.SetMetaData(key, value)
-    stem = target.name[: len(target.name) - len(suffix)]
-    temporary = target.with_name(f".{stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+    temporary = temporary_path(target, suffix)
     try:
         sitk.WriteImage(image, str(temporary), useCompression=True)
         with open(temporary, "rb+") as handle:

@@ -21,6 +21,7 @@ import numpy as np
 from .bundle import ModelBundle, resolve_model
 from .errors import CancelledError, InputError
 from .postprocessing import keep_largest_component, mask_volume_ml, plausibility_warnings
+from .quality_checks import measure_quality, quality_warnings, thresholds_from_model
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -39,6 +40,7 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     input_path: str | None = None
     output_path: str | None = None
+    quality: dict[str, float] = field(default_factory=dict)  # measures of quality_checks
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (everything but the mask)."""
@@ -51,6 +53,7 @@ class SegmentationResult:
             "input_spacing_mm": [round(s, 4) for s in self.input_spacing],
             "volume_ml": round(self.volume_ml, 2),
             "warnings": list(self.warnings),
+            "quality": {k: (None if v != v else v) for k, v in self.quality.items()},  # NaN -> null
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "seconds": round(sum(self.timings.values()), 3),
         }
@@ -137,7 +140,9 @@ class Segmenter:
         mask = sitk.GetImageFromArray(np.ascontiguousarray(labels))
         mask.CopyInformation(image)
         spacing = image.GetSpacing()
+        quality = measure_quality(sitk.GetArrayViewFromImage(image), labels, spacing, probabilities)
         warnings = plausibility_warnings(labels, spacing, meta.volume_ml_range)
+        warnings += quality_warnings(quality, thresholds_from_model(meta.raw))
         timings["postprocess"] = time.perf_counter() - start
         report(1.0, "done")
         return SegmentationResult(
@@ -149,6 +154,7 @@ class Segmenter:
             volume_ml=mask_volume_ml(labels, spacing),
             warnings=warnings,
             timings=timings,
+            quality=quality,
         )
 
     @staticmethod
@@ -216,7 +222,9 @@ class Segmenter:
         write fails at once and nothing is written.
         """
         from .image_io import check_output_path, read_volume, write_mask
+        from .safe_paths import check_not_input
 
+        check_not_input(output_path, input_path)  # never replace the input, even through a link
         output = check_output_path(output_path, overwrite=overwrite)
         start = time.perf_counter()
         image = read_volume(input_path, channel=channel)

@@ -20,8 +20,9 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Segment the prostate gland. INPUT is a NIfTI/NRRD/MHA file or a DICOM "
             "series folder, and OUTPUT a .nii.gz, .nii, .nrrd, .seg.nrrd or .mha mask. "
-            "With a folder of volumes or a CSV (column 'image', optional 'case', "
-            "'channel') as INPUT, OUTPUT is a folder and a summary.csv is written there."
+            "A batch (a folder of volumes, of DICOM series or of site folders, or a CSV with "
+            "column 'image', optional 'case', 'channel') is run with --batch, or when OUTPUT "
+            "is an existing folder, or for a CSV: masks and a summary.csv go to the folder OUTPUT."
         ),
     )
     parser.add_argument("input", help="input volume, DICOM folder, folder of volumes, or CSV")
@@ -37,9 +38,22 @@ def add_parser(subparsers: Any) -> None:
         "--largest-component", action="store_true", help="keep only the largest component (default: the model's choice)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--batch", action="store_true",
+        help="INPUT is a folder of volumes or series; OUTPUT is a folder (created if needed)",
+    )
+    parser.add_argument(
+        "--skip-existing", action="store_true", default=None,
+        help="batch: keep cases whose mask exists (the default for a rerun with the same inputs)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument(
         "--format", choices=sorted(OUTPUT_FORMATS), default="nii.gz", help="batch output format"
+    )
+    parser.add_argument(
+        "--flip-check", action="store_true",
+        help="also segment the left-right mirrored input and warn when the model disagrees with itself "
+             "(a second network pass)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument(
@@ -50,24 +64,36 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``segment`` (single or batch)."""
-    from ..batch import is_batch_input
+    """Run ``segment`` (single or batch); SIGTERM cleans up like Ctrl-C."""
+    from ..temp_files import terminate_as_interrupt
+
+    with terminate_as_interrupt():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..batch import wants_batch
+    from ..errors import UsageError
     from ..inference import Segmenter
     from ..memory import skip_optional_imports, use_mmap_for_large_blocks
 
     if args.threads is not None and args.threads < 1:
-        from ..errors import InputError
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    batch = wants_batch(args.input, args.output, args.batch)
+    if not batch:
+        if args.skip_existing:
+            raise UsageError("--skip-existing is for a batch (add --batch)")
+        # Check the output before loading anything, so a bad path fails at once.
+        from ..image_io import check_output_path
+        from ..safe_paths import check_not_input
+        from ..temp_files import remove_stale_temporaries
 
-        raise InputError(f"--threads must be at least 1, got {args.threads}")
+        check_not_input(args.output, args.input)
+        output = check_output_path(args.output, overwrite=args.overwrite)
+        remove_stale_temporaries(output.parent)
     use_mmap_for_large_blocks()  # lower peak memory; this process is ours
     with skip_optional_imports():  # MONAI's plotting/reader extras: not needed to segment, 58 MB
         import monai  # noqa: F401
-    batch = is_batch_input(args.input)
-    if not batch:
-        # Check the output before loading anything, so a bad path fails at once.
-        from ..image_io import check_output_path
-
-        check_output_path(args.output, overwrite=args.overwrite)
     segmenter = Segmenter(
         args.model,
         device=args.device,
@@ -80,10 +106,27 @@ def run(args: argparse.Namespace) -> int:
         args.input, args.output, channel=args.channel, overwrite=args.overwrite,
         progress=print_progress if args.progress else None,
     )
+    if args.flip_check:
+        add_flip_check(segmenter, args.input, args.channel, result)
     summary = result.summary()
     summary["model_path"] = str(segmenter.bundle.path)
     print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
+
+
+def add_flip_check(segmenter: Any, input_path: Any, channel: int | None, result: Any) -> None:
+    """Add the flip agreement to ``result.quality`` (and its warning, if it fails) for the input at ``input_path``."""
+    import SimpleITK as sitk
+
+    from ..image_io import read_volume
+    from ..quality_checks import flip_agreement, quality_warnings, thresholds_from_model
+
+    image = read_volume(input_path, channel=channel)
+    labels = sitk.GetArrayViewFromImage(result.mask)
+    result.quality["flip_agreement"] = flip_agreement(lambda im: segmenter.segment(im).mask, image, labels)
+    thresholds = thresholds_from_model(segmenter.bundle.meta.raw)
+    check = {"flip_agreement": result.quality["flip_agreement"]}
+    result.warnings += quality_warnings(check, thresholds)
 
 
 def print_progress(fraction: float, message: str) -> None:
@@ -111,15 +154,19 @@ def format_summary(summary: dict[str, Any]) -> str:
 def _run_batch(args: argparse.Namespace, segmenter: Any) -> int:
     from tqdm import tqdm
 
-    from ..batch import collect_inputs, run_batch
+    from ..batch import check_batch_output, collect_inputs, run_batch
 
     items = collect_inputs(args.input)
     if args.channel is not None:
         items = [item if item.channel is not None else replace(item, channel=args.channel) for item in items]
+    check_batch_output(items, args.output, OUTPUT_FORMATS[args.format], args.overwrite, args.skip_existing)
     bar = tqdm(total=len(items), desc="segment", unit="case", file=sys.stderr, disable=args.json)
 
     def segment_one(item: Any, output: Path) -> Any:
-        return segmenter.segment_file(item.path, output, channel=item.channel, overwrite=args.overwrite)
+        result = segmenter.segment_file(item.path, output, channel=item.channel, overwrite=args.overwrite)
+        if args.flip_check:
+            add_flip_check(segmenter, item.path, item.channel, result)
+        return result
 
     def on_case(row: dict[str, Any]) -> None:
         bar.update(1)
@@ -127,15 +174,18 @@ def _run_batch(args: argparse.Namespace, segmenter: Any) -> int:
             bar.write(f"{row['case']}: error: {row['warnings']}", file=sys.stderr)
 
     try:
-        rows = run_batch(items, args.output, segment_one, OUTPUT_FORMATS[args.format], on_case)
+        rows = run_batch(items, args.output, segment_one, OUTPUT_FORMATS[args.format], on_case,
+                         overwrite=args.overwrite, skip_existing=args.skip_existing)
     finally:
         bar.close()
     failed = [row for row in rows if row["status"] == "error"]
+    run_now = [row for row in rows if not row.get("skipped")]
     summary = {
         "cases": len(rows),
-        "ok": sum(row["status"] == "ok" for row in rows),
-        "warnings": sum(row["status"] == "warning" for row in rows),
+        "ok": sum(row["status"] == "ok" for row in run_now),
+        "warnings": sum(row["status"] == "warning" for row in run_now),
         "failed": len(failed),
+        "kept": len(rows) - len(run_now),
         "summary_csv": str(Path(args.output) / "summary.csv"),
         "model": f"{segmenter.bundle.meta.name} {segmenter.bundle.meta.version}",
         "device": str(segmenter.device),
@@ -145,6 +195,8 @@ def _run_batch(args: argparse.Namespace, segmenter: Any) -> int:
     else:
         print(
             f"{summary['cases']} cases: {summary['ok']} ok, {summary['warnings']} with warnings, "
-            f"{summary['failed']} failed; summary: {summary['summary_csv']}"
+            f"{summary['failed']} failed"
+            + (f", {summary['kept']} kept from the previous run" if summary["kept"] else "")
+            + f"; summary: {summary['summary_csv']}"
         )
     return 1 if failed else 0
