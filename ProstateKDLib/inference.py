@@ -209,17 +209,19 @@ class Segmenter:
         overwrite: bool = False,
         progress: ProgressCallback | None = None,
         cancelled: Callable[[], bool] | None = None,
+        series: str | int | None = None,
     ) -> SegmentationResult:
         """Read ``input_path``, segment it and write the mask to ``output_path`` atomically.
 
         The output path is checked before any work, so a run that would fail to
-        write fails at once and nothing is written.
+        write fails at once and nothing is written. ``series`` (SeriesInstanceUID or
+        SeriesNumber) picks the series of a DICOM folder (default: the axial T2).
         """
         from .image_io import check_output_path, read_volume, write_mask
 
         output = check_output_path(output_path, overwrite=overwrite)
         start = time.perf_counter()
-        image = read_volume(input_path, channel=channel)
+        image = read_volume(input_path, channel=channel, series=series)
         read_seconds = time.perf_counter() - start
         result = self.segment(image, progress=progress, cancelled=cancelled)
         start = time.perf_counter()

@@ -17,7 +17,7 @@ from typing import Sequence
 from .. import __version__
 from ..errors import ProstateKDError
 
-LIBRARY_COMMANDS = ("segment", "models", "phantom")
+LIBRARY_COMMANDS = ("segment", "series", "models", "phantom")
 TRAINING_PACKAGE = "training.cli"
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-OUTPUT_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "seg.nrrd": ".seg.nrrd", "mha": ".mha"}
+OUTPUT_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "seg.nrrd": ".seg.nrrd", "mha": ".mha", "dicom-seg": ".dcm"}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -19,7 +20,9 @@ def add_parser(subparsers: Any) -> None:
         help="segment the prostate in one MRI volume, or a batch",
         description=(
             "Segment the prostate gland. INPUT is a NIfTI/NRRD/MHA file or a DICOM "
-            "series folder, and OUTPUT a .nii.gz, .nii, .nrrd, .seg.nrrd or .mha mask. "
+            "study/series folder, and OUTPUT a .nii.gz, .nii, .nrrd, .seg.nrrd or .mha mask, or a "
+            "DICOM SEG (.dcm, or --format dicom-seg) referencing the source series. A DICOM folder "
+            "holding several series is segmented on its axial T2 (see 'prostatekd series'). "
             "With a folder of volumes or a CSV (column 'image', optional 'case', "
             "'channel') as INPUT, OUTPUT is a folder and a summary.csv is written there."
         ),
@@ -29,6 +32,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--model", default=None, help="bundle name or path (default: the bundled student)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--channel", type=int, default=None, help="channel of a 4D/multi-channel input")
+    parser.add_argument(
+        "--series", metavar="UID|NUMBER", default=None,
+        help="DICOM series to segment: SeriesInstanceUID or SeriesNumber (default: the axial T2)",
+    )
+    parser.add_argument(
+        "--psa", metavar="NG_PER_ML", type=psa_value, default=None,
+        help="serum PSA in ng/ml: also report PSA density (ng/ml per cc of gland)",
+    )
     component = parser.add_mutually_exclusive_group()
     component.add_argument(
         "--no-largest-component", action="store_true", help="keep every connected component"
@@ -39,7 +50,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument(
-        "--format", choices=sorted(OUTPUT_FORMATS), default="nii.gz", help="batch output format"
+        "--format", choices=sorted(OUTPUT_FORMATS), default=None,
+        help="output format (batch default: nii.gz; dicom-seg also for one DICOM input)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument(
@@ -52,8 +64,11 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``segment`` (single or batch)."""
     from ..batch import is_batch_input
+    from ..dicom_seg import check_seg_output_path, is_dicom_seg_path, segment_to_dicom_seg
+    from .series import choose_input_series, series_summary
     from ..inference import Segmenter
     from ..memory import skip_optional_imports, use_mmap_for_large_blocks
+    from ..psa_density import psa_density
 
     if args.threads is not None and args.threads < 1:
         from ..errors import InputError
@@ -63,11 +78,17 @@ def run(args: argparse.Namespace) -> int:
     with skip_optional_imports():  # MONAI's plotting/reader extras: not needed to segment, 58 MB
         import monai  # noqa: F401
     batch = is_batch_input(args.input)
+    dicom_seg = not batch and (args.format == "dicom-seg" or is_dicom_seg_path(args.output))
+    if args.psa is not None and batch:
+        from ..errors import UsageError
+
+        raise UsageError("--psa applies to one case, not a batch")
     if not batch:
-        # Check the output before loading anything, so a bad path fails at once.
+        # Check the output and choose the DICOM series before loading anything, so a bad call fails at once.
         from ..image_io import check_output_path
 
-        check_output_path(args.output, overwrite=args.overwrite)
+        (check_seg_output_path if dicom_seg else check_output_path)(args.output, overwrite=args.overwrite)
+        choice = choose_input_series(args.input, args.series)
     segmenter = Segmenter(
         args.model,
         device=args.device,
@@ -76,14 +97,43 @@ def run(args: argparse.Namespace) -> int:
     )
     if batch:
         return _run_batch(args, segmenter)
-    result = segmenter.segment_file(
-        args.input, args.output, channel=args.channel, overwrite=args.overwrite,
-        progress=print_progress if args.progress else None,
-    )
+    progress = print_progress if args.progress else None
+    series = None if choice is None else choice.series.uid
+    if dicom_seg:
+        result = segment_to_dicom_seg(segmenter, args.input, args.output, series, args.overwrite, progress)
+    else:
+        result = segmenter.segment_file(
+            args.input, args.output, channel=args.channel, overwrite=args.overwrite, progress=progress, series=series
+        )
     summary = result.summary()
     summary["model_path"] = str(segmenter.bundle.path)
+    if choice is not None:
+        summary["series"] = series_summary(choice)
+    if args.psa is not None:
+        summary["psa_ng_ml"] = args.psa
+        summary["psa_density_ng_ml_cc"] = (
+            round(psa_density(args.psa, result.volume_ml), 3) if result.volume_ml > 0 else None
+        )
     print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
+
+
+def psa_value(text: str) -> float:
+    """``--psa``: a PSA in ng/ml (0-10000)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= 10000):
+        raise argparse.ArgumentTypeError(f"PSA must be a number in 0-10000 ng/ml, got {text!r}")
+    return value
+
+
+def format_psa(summary: dict[str, Any]) -> str:
+    """The PSA density line of the summary."""
+    density = summary["psa_density_ng_ml_cc"]
+    shown = "n/a (empty mask)" if density is None else f"{density:.3f} ng/ml/cc"
+    return f"PSA:      {summary['psa_ng_ml']:g} ng/ml, density {shown}"
 
 
 def print_progress(fraction: float, message: str) -> None:
@@ -100,7 +150,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"model:    {summary['model']} ({summary['model_path']})",
         f"device:   {summary['device']}",
         f"input:    {summary['input']}  {size} voxels, {spacing} mm",
+        *([f"series:   {summary['series']['message']}"] if summary.get("series") else []),
         f"gland:    {summary['volume_ml']:.1f} ml",
+        *([format_psa(summary)] if "psa_ng_ml" in summary else []),
         f"output:   {summary['output']}",
         f"time:     {summary['seconds']:.2f} s ({steps})",
     ]
@@ -112,6 +164,7 @@ def _run_batch(args: argparse.Namespace, segmenter: Any) -> int:
     from tqdm import tqdm
 
     from ..batch import collect_inputs, run_batch
+    from ..dicom_seg import segment_to_dicom_seg
 
     items = collect_inputs(args.input)
     if args.channel is not None:
@@ -119,7 +172,11 @@ def _run_batch(args: argparse.Namespace, segmenter: Any) -> int:
     bar = tqdm(total=len(items), desc="segment", unit="case", file=sys.stderr, disable=args.json)
 
     def segment_one(item: Any, output: Path) -> Any:
-        return segmenter.segment_file(item.path, output, channel=item.channel, overwrite=args.overwrite)
+        if args.format == "dicom-seg":
+            return segment_to_dicom_seg(segmenter, item.path, output, args.series, args.overwrite)
+        return segmenter.segment_file(
+            item.path, output, channel=item.channel, overwrite=args.overwrite, series=args.series
+        )
 
     def on_case(row: dict[str, Any]) -> None:
         bar.update(1)
@@ -127,7 +184,7 @@ def _run_batch(args: argparse.Namespace, segmenter: Any) -> int:
             bar.write(f"{row['case']}: error: {row['warnings']}", file=sys.stderr)
 
     try:
-        rows = run_batch(items, args.output, segment_one, OUTPUT_FORMATS[args.format], on_case)
+        rows = run_batch(items, args.output, segment_one, OUTPUT_FORMATS[args.format or "nii.gz"], on_case)
     finally:
         bar.close()
     failed = [row for row in rows if row["status"] == "error"]
