@@ -39,6 +39,22 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     input_path: str | None = None
     output_path: str | None = None
+    probabilities: Any = None  # SimpleITK float32 foreground probability on the input grid, when asked for
+    layout: str = "zyx"  # axis order of mask_array()/probability_array(): "ijk" for an input given with an affine
+
+    def mask_array(self) -> np.ndarray:
+        """The mask as a uint8 numpy array in the layout of the input array (``[z, y, x]`` for images)."""
+        from .array_image import array_from_image
+
+        return array_from_image(self.mask, self.layout)
+
+    def probability_array(self) -> np.ndarray:
+        """The foreground probability (0-1, float32) in the input's layout; needs ``return_probabilities``."""
+        from .array_image import array_from_image
+
+        if self.probabilities is None:
+            raise ValueError("no probabilities: segment(..., return_probabilities=True) keeps them")
+        return array_from_image(self.probabilities, self.layout)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (everything but the mask)."""
@@ -102,18 +118,37 @@ class Segmenter:
         image: Any,
         progress: ProgressCallback | None = None,
         cancelled: Callable[[], bool] | None = None,
+        *,
+        spacing: Sequence[float] | None = None,
+        origin: Sequence[float] | None = None,
+        direction: Any = None,
+        affine: Any = None,
+        return_probabilities: bool = False,
     ) -> SegmentationResult:
-        """Segment a 3D SimpleITK image; the mask shares the image's grid.
+        """Segment a 3D SimpleITK image or numpy array; the mask shares the input's grid.
 
         Args:
-            image: 3D scalar SimpleITK image (as returned by ``image_io.read_volume``).
+            image: 3D scalar SimpleITK image (as returned by ``image_io.read_volume``), or a
+                numpy array with its geometry: ``affine`` (nibabel/RAS, array ``[i, j, k]``) or
+                ``spacing``/``origin``/``direction`` (SimpleITK/LPS, array ``[z, y, x]``); see
+                :mod:`ProstateKDLib.array_image`.
             progress: called with (fraction 0-1, message) as work advances.
             cancelled: polled between windows; returning True raises ``CancelledError``.
+            return_probabilities: also keep the foreground probability map (``result.probabilities``).
         """
         import SimpleITK as sitk
 
         from .preprocessing import preprocess_image
 
+        layout = "zyx"
+        if not isinstance(image, sitk.Image):
+            from .array_image import image_from_array
+            from .image_io import validate_volume
+
+            image, layout = image_from_array(image, spacing, origin, direction, affine)
+            validate_volume(image, name="array")
+        elif any(v is not None for v in (spacing, origin, direction, affine)):
+            raise ValueError("spacing/origin/direction/affine are for numpy arrays; a SimpleITK image has its own")
         if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
             raise InputError("the image must be a 3D single-channel volume")
         report = progress or (lambda fraction, message: None)
@@ -138,6 +173,9 @@ class Segmenter:
         mask.CopyInformation(image)
         spacing = image.GetSpacing()
         warnings = plausibility_warnings(labels, spacing, meta.volume_ml_range)
+        foreground = (
+            self._foreground_on_input_grid(probabilities, tensor, transform, image) if return_probabilities else None
+        )
         timings["postprocess"] = time.perf_counter() - start
         report(1.0, "done")
         return SegmentationResult(
@@ -149,7 +187,22 @@ class Segmenter:
             volume_ml=mask_volume_ml(labels, spacing),
             warnings=warnings,
             timings=timings,
+            probabilities=foreground,
+            layout=layout,
         )
+
+    @staticmethod
+    def _foreground_on_input_grid(probabilities: Any, tensor: Any, transform: Any, image: Any) -> Any:
+        """The foreground probability (1 - background) resampled to the input grid, as a SimpleITK image."""
+        import SimpleITK as sitk
+
+        from .preprocessing import invert_prediction
+
+        foreground = probabilities[1:].sum(0, keepdim=True)
+        inverted = invert_prediction(foreground, tensor, transform).as_tensor()[0].numpy()
+        result = sitk.GetImageFromArray(np.ascontiguousarray(inverted.transpose(2, 1, 0), dtype=np.float32))
+        result.CopyInformation(image)
+        return result
 
     @staticmethod
     def _labels_on_input_grid(probabilities: Any, tensor: Any, transform: Any) -> np.ndarray:
