@@ -7,7 +7,8 @@ SeriesInstanceUID. The series to segment is chosen by its DICOM attributes:
 
 1. ``series`` given: the series with that SeriesInstanceUID, or that SeriesNumber.
 2. a folder with a single image series: that series, unless it is a
-   diffusion/ADC series or a localizer.
+   diffusion/ADC series or has ImageType LOCALIZER (one that mixes
+   orientations fails later, when its slices are stacked).
 3. otherwise the *axial T2*: slices closest to the transverse plane (oblique
    allowed), not a localizer, one image per slice position, T2-weighted by its
    SeriesDescription/ProtocolName (``t2``, not diffusion/ADC) or, when neither
@@ -332,7 +333,7 @@ def choose_series(folder: str | os.PathLike, series: str | int | None = None) ->
         if not matches:
             raise InputError(f"DICOM series {wanted} not found in folder {folder}; it holds {_listing(found)}")
         return SeriesChoice(matches[0], "as given", (matches[0],), tuple(found))
-    if len(found) == 1 and not (found[0].diffusion or found[0].localizer):
+    if len(found) == 1 and not (found[0].diffusion or "LOCALIZER" in found[0].image_type):
         return SeriesChoice(found[0], "the only series", (found[0],), tuple(found))
     candidates = [s for s in found if s.axial_t2]
     if not candidates:

@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         summary["psa_density_ng_ml_cc"] = (
             round(psa_density(args.psa, result.volume_ml), 3) if result.volume_ml > 0 else None
         )
-    print(json.dumps(summary) if args.json else format_summary(summary))
+    if args.json or not getattr(args, "quiet", False):
+        print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
 
 
@@ -161,15 +162,15 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def _run_batch(args: argparse.Namespace, segmenter: Any) -> int:
-    from tqdm import tqdm
-
     from ..batch import collect_inputs, run_batch
     from ..dicom_seg import segment_to_dicom_seg
+    from ..progress import progress_bar
 
     items = collect_inputs(args.input)
     if args.channel is not None:
         items = [item if item.channel is not None else replace(item, channel=args.channel) for item in items]
-    bar = tqdm(total=len(items), desc="segment", unit="case", file=sys.stderr, disable=args.json)
+    quiet = getattr(args, "quiet", False)
+    bar = progress_bar(len(items), "segment", unit="case", file=sys.stderr, disable=args.json or quiet)
 
     def segment_one(item: Any, output: Path) -> Any:
         if args.format == "dicom-seg":
@@ -199,7 +200,7 @@ def _run_batch(args: argparse.Namespace, segmenter: Any) -> int:
     }
     if args.json:
         print(json.dumps(summary))
-    else:
+    elif not quiet:
         print(
             f"{summary['cases']} cases: {summary['ok']} ok, {summary['warnings']} with warnings, "
             f"{summary['failed']} failed; summary: {summary['summary_csv']}"

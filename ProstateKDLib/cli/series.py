@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 COLUMNS = ("", "number", "description", "orientation", "size", "spacing mm", "files", "localizer")
@@ -39,6 +40,12 @@ def run(args: argparse.Namespace) -> int:
         chosen, note = None, str(error)
     else:
         chosen, note = choice.series.uid, choice.message()
+    if getattr(args, "quiet", False) and not args.json:
+        if chosen is not None:
+            print(chosen)  # for scripts: UID=$(prostatekd series STUDY -q)
+        else:
+            print(note, file=sys.stderr)
+        return 0 if chosen is not None else 3
     if args.json:
         rows = [{**s.summary(), "chosen": s.uid == chosen} for s in found]
         print(json.dumps({"folder": str(args.folder), "series": rows, "chosen": chosen, "message": note}))
