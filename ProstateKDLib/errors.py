@@ -61,3 +61,9 @@ class CancelledError(ProstateKDError):
     """The user cancelled a long-running operation."""
 
     exit_code = 130
+
+
+class UsageError(ProstateKDError):
+    """The command line is inconsistent (options that do not go together)."""
+
+    exit_code = 2

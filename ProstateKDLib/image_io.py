@@ -66,13 +66,15 @@ def _is_dicom_file(path: Path) -> bool:
 
 # --------------------------------------------------------------------- reading
 def read_volume(
-    path: str | os.PathLike, channel: int | None = None, series_uid: str | None = None
+    path: str | os.PathLike, channel: int | None = None, series: str | int | None = None
 ) -> sitk.Image:
     """Read a NIfTI, NRRD, MHA/MHD file or DICOM series folder as a 3D float32 image.
 
-    Geometry (origin, spacing, direction) is kept exactly. A folder is read as a
-    DICOM series: ``series_uid`` picks one, otherwise the series with the most
-    files (first one on a tie). A single DICOM file is read as it is.
+    Geometry (origin, spacing, direction) is kept exactly. A folder (searched
+    recursively) is read as a DICOM series: ``series`` (SeriesInstanceUID or
+    SeriesNumber) picks one, otherwise the only series or the axial T2, as
+    :func:`~ProstateKDLib.dicom_series.choose_series` decides. A single DICOM
+    file is read as it is.
     Multi-channel images (4D, or vector voxels) need ``channel``; the 3D
     geometry of a 4D image is that of its first three axes. The result is
     checked with :func:`validate_volume` (``name`` = the path).
@@ -89,8 +91,8 @@ def read_volume(
               (also for a zero NIfTI ``pixdim``, which ITK would read as 1 mm)
             - ``cannot read <path>: NIfTI-2 is not supported; save it as NIfTI-1``
             - ``cannot read <path>: its orientation matrix is not orthonormal (sheared)``
-            - ``no DICOM series found in folder <path>``
-            - ``DICOM series <uid> not found in folder <path>; it holds <uid>, <uid>``
+            - any message of :func:`~ProstateKDLib.dicom_series.choose_series` (series not found,
+              no axial T2 among several series, ...)
             - ``DICOM series in <path> mixes slice orientations (a localizer?); a single 3D stack is needed``
             - ``DICOM series in <path> has images without ImagePositionPatient/ImageOrientationPatient``
             - ``DICOM series in <path> has <n> images at <m> slice positions (several echoes, b-values or
@@ -108,12 +110,12 @@ def read_volume(
     path = _check_path_arg(path, "path")
     if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int)):
         raise TypeError(f"channel must be an int or None, got {type(channel).__name__}")
-    if series_uid is not None and not isinstance(series_uid, str):
-        raise TypeError(f"series_uid must be a str or None, got {type(series_uid).__name__}")
+    if series is not None and (isinstance(series, bool) or not isinstance(series, (str, int))):
+        raise TypeError(f"series must be a str, an int or None, got {type(series).__name__}")
     if not path.exists():
         raise InputError(f"input not found: {path}")
     if path.is_dir():
-        image, hint = _read_dicom_series(path, series_uid), ""
+        image, hint = _read_dicom_series(path, series), ""
     else:
         image = _read_file(path)
         hint = " (pass the DICOM series folder, not one file)" if _is_dicom_file(path) else ""
@@ -240,22 +242,15 @@ def _read_error(path: Path, error: RuntimeError, default: str) -> str:
     return f"cannot read {path}: {default}"
 
 
-def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
+def _read_dicom_series(folder: Path, series: str | None) -> sitk.Image:
+    from .dicom_series import choose_series
+
+    files = [str(f) for f in choose_series(folder, series).series.files]
     warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warns on stderr; we report ourselves
     try:
-        series_ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-        if not series_ids:
-            raise InputError(f"no DICOM series found in folder {folder}")
-        files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series_ids}
-        if series_uid is None:
-            series_uid = max(series_ids, key=lambda uid: len(files[uid]))
-        elif series_uid not in files:
-            raise InputError(
-                f"DICOM series {series_uid} not found in folder {folder}; it holds {', '.join(series_ids)}"
-            )
         reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files[series_uid])
+        reader.SetFileNames(files)
         reader.MetaDataDictionaryArrayUpdateOn()
         try:
             image = reader.Execute()
@@ -263,8 +258,8 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
             raise InputError(_read_error(folder, error, "the file is damaged or truncated")) from None
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
-    if len(files[series_uid]) > 1:
-        _check_dicom_stack(reader, len(files[series_uid]), folder)
+    if len(files) > 1:
+        _check_dicom_stack(reader, len(files), folder)
     return image
 
 

@@ -41,6 +41,22 @@ class SegmentationResult:
     input_path: str | None = None
     output_path: str | None = None
     quality: dict[str, float] = field(default_factory=dict)  # measures of quality_checks
+    probabilities: Any = None  # SimpleITK float32 foreground probability on the input grid, when asked for
+    layout: str = "zyx"  # axis order of mask_array()/probability_array(): "ijk" for an input given with an affine
+
+    def mask_array(self) -> np.ndarray:
+        """The mask as a uint8 numpy array in the layout of the input array (``[z, y, x]`` for images)."""
+        from .array_image import array_from_image
+
+        return array_from_image(self.mask, self.layout)
+
+    def probability_array(self) -> np.ndarray:
+        """The foreground probability (0-1, float32) in the input's layout; needs ``return_probabilities``."""
+        from .array_image import array_from_image
+
+        if self.probabilities is None:
+            raise ValueError("no probabilities: segment(..., return_probabilities=True) keeps them")
+        return array_from_image(self.probabilities, self.layout)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (everything but the mask)."""
@@ -105,18 +121,37 @@ class Segmenter:
         image: Any,
         progress: ProgressCallback | None = None,
         cancelled: Callable[[], bool] | None = None,
+        *,
+        spacing: Sequence[float] | None = None,
+        origin: Sequence[float] | None = None,
+        direction: Any = None,
+        affine: Any = None,
+        return_probabilities: bool = False,
     ) -> SegmentationResult:
-        """Segment a 3D SimpleITK image; the mask shares the image's grid.
+        """Segment a 3D SimpleITK image or numpy array; the mask shares the input's grid.
 
         Args:
-            image: 3D scalar SimpleITK image (as returned by ``image_io.read_volume``).
+            image: 3D scalar SimpleITK image (as returned by ``image_io.read_volume``), or a
+                numpy array with its geometry: ``affine`` (nibabel/RAS, array ``[i, j, k]``) or
+                ``spacing``/``origin``/``direction`` (SimpleITK/LPS, array ``[z, y, x]``); see
+                :mod:`ProstateKDLib.array_image`.
             progress: called with (fraction 0-1, message) as work advances.
             cancelled: polled between windows; returning True raises ``CancelledError``.
+            return_probabilities: also keep the foreground probability map (``result.probabilities``).
         """
         import SimpleITK as sitk
 
         from .preprocessing import preprocess_image
 
+        layout = "zyx"
+        if not isinstance(image, sitk.Image):
+            from .array_image import image_from_array
+            from .image_io import validate_volume
+
+            image, layout = image_from_array(image, spacing, origin, direction, affine)
+            validate_volume(image, name="array")
+        elif any(v is not None for v in (spacing, origin, direction, affine)):
+            raise ValueError("spacing/origin/direction/affine are for numpy arrays; a SimpleITK image has its own")
         if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
             raise InputError("the image must be a 3D single-channel volume")
         report = progress or (lambda fraction, message: None)
@@ -143,6 +178,9 @@ class Segmenter:
         quality = measure_quality(sitk.GetArrayViewFromImage(image), labels, spacing, probabilities)
         warnings = plausibility_warnings(labels, spacing, meta.volume_ml_range)
         warnings += quality_warnings(quality, thresholds_from_model(meta.raw))
+        foreground = (
+            self._foreground_on_input_grid(probabilities, tensor, transform, image) if return_probabilities else None
+        )
         timings["postprocess"] = time.perf_counter() - start
         report(1.0, "done")
         return SegmentationResult(
@@ -155,7 +193,22 @@ class Segmenter:
             warnings=warnings,
             timings=timings,
             quality=quality,
+            probabilities=foreground,
+            layout=layout,
         )
+
+    @staticmethod
+    def _foreground_on_input_grid(probabilities: Any, tensor: Any, transform: Any, image: Any) -> Any:
+        """The foreground probability (1 - background) resampled to the input grid, as a SimpleITK image."""
+        import SimpleITK as sitk
+
+        from .preprocessing import invert_prediction
+
+        foreground = probabilities[1:].sum(0, keepdim=True)
+        inverted = invert_prediction(foreground, tensor, transform).as_tensor()[0].numpy()
+        result = sitk.GetImageFromArray(np.ascontiguousarray(inverted.transpose(2, 1, 0), dtype=np.float32))
+        result.CopyInformation(image)
+        return result
 
     @staticmethod
     def _labels_on_input_grid(probabilities: Any, tensor: Any, transform: Any) -> np.ndarray:
@@ -215,11 +268,13 @@ class Segmenter:
         overwrite: bool = False,
         progress: ProgressCallback | None = None,
         cancelled: Callable[[], bool] | None = None,
+        series: str | int | None = None,
     ) -> SegmentationResult:
         """Read ``input_path``, segment it and write the mask to ``output_path`` atomically.
 
         The output path is checked before any work, so a run that would fail to
-        write fails at once and nothing is written.
+        write fails at once and nothing is written. ``series`` (SeriesInstanceUID or
+        SeriesNumber) picks the series of a DICOM folder (default: the axial T2).
         """
         from .image_io import check_output_path, read_volume, write_mask
         from .safe_paths import check_not_input
@@ -227,7 +282,7 @@ class Segmenter:
         check_not_input(output_path, input_path)  # never replace the input, even through a link
         output = check_output_path(output_path, overwrite=overwrite)
         start = time.perf_counter()
-        image = read_volume(input_path, channel=channel)
+        image = read_volume(input_path, channel=channel, series=series)
         read_seconds = time.perf_counter() - start
         result = self.segment(image, progress=progress, cancelled=cancelled)
         start = time.perf_counter()

@@ -68,11 +68,15 @@ class BadCaseError(DataError):
 
 
 def detect_layout(source: str | os.PathLike) -> str:
-    """``"csv"``, ``"msd"`` (folder with ``dataset.json``) or ``"multisite"``."""
+    """``"csv"``, ``"nnunet"`` / ``"msd"`` (folder with a v2 / Decathlon ``dataset.json``) or ``"multisite"``."""
     path = Path(source).expanduser()
     if str(source).lower().endswith(".csv"):
         return "csv"
-    return "msd" if (path / "dataset.json").is_file() else "multisite"
+    if not (path / "dataset.json").is_file():
+        return "multisite"
+    from ProstateKDLib.dataset_nnunet import is_nnunet_v2, read_descriptor
+
+    return "nnunet" if is_nnunet_v2(read_descriptor(path)) else "msd"
 
 
 def _by_site(cases: Sequence[CaseRecord]) -> dict[str, list[CaseRecord]]:
@@ -208,6 +212,12 @@ def _label_names(data: Path, layout: str, keep_zones: bool) -> dict[str, str]:
         names = msd_label_names(read_msd_descriptor(data))
         if names:
             return {str(k): v for k, v in names.items()}
+    if layout == "nnunet":
+        from ProstateKDLib.dataset_nnunet import nnunet_label_names, read_descriptor
+
+        names = nnunet_label_names(read_descriptor(data))
+        if names:
+            return {str(k): v for k, v in sorted(names.items())}
     return {"1": "zone 1", "2": "zone 2"}
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-OUTPUT_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "seg.nrrd": ".seg.nrrd", "mha": ".mha"}
+OUTPUT_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "seg.nrrd": ".seg.nrrd", "mha": ".mha", "dicom-seg": ".dcm"}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -19,7 +20,9 @@ def add_parser(subparsers: Any) -> None:
         help="segment the prostate in one MRI volume, or a batch",
         description=(
             "Segment the prostate gland. INPUT is a NIfTI/NRRD/MHA file or a DICOM "
-            "series folder, and OUTPUT a .nii.gz, .nii, .nrrd, .seg.nrrd or .mha mask. "
+            "study/series folder, and OUTPUT a .nii.gz, .nii, .nrrd, .seg.nrrd or .mha mask, or a "
+            "DICOM SEG (.dcm, or --format dicom-seg) referencing the source series. A DICOM folder "
+            "holding several series is segmented on its axial T2 (see 'prostatekd series'). "
             "A batch (a folder of volumes, of DICOM series or of site folders, or a CSV with "
             "column 'image', optional 'case', 'channel') is run with --batch, or when OUTPUT "
             "is an existing folder, or for a CSV: masks and a summary.csv go to the folder OUTPUT."
@@ -30,6 +33,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--model", default=None, help="bundle name or path (default: the bundled student)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--channel", type=int, default=None, help="channel of a 4D/multi-channel input")
+    parser.add_argument(
+        "--series", metavar="UID|NUMBER", default=None,
+        help="DICOM series to segment: SeriesInstanceUID or SeriesNumber (default: the axial T2)",
+    )
+    parser.add_argument(
+        "--psa", metavar="NG_PER_ML", type=psa_value, default=None,
+        help="serum PSA in ng/ml: also report PSA density (ng/ml per cc of gland)",
+    )
     component = parser.add_mutually_exclusive_group()
     component.add_argument(
         "--no-largest-component", action="store_true", help="keep every connected component"
@@ -48,7 +59,8 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument(
-        "--format", choices=sorted(OUTPUT_FORMATS), default="nii.gz", help="batch output format"
+        "--format", choices=sorted(OUTPUT_FORMATS), default=None,
+        help="output format (batch default: nii.gz; dicom-seg also for one DICOM input)",
     )
     parser.add_argument(
         "--flip-check", action="store_true",
@@ -73,24 +85,32 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..batch import wants_batch
+    from ..dicom_seg import check_seg_output_path, is_dicom_seg_path, segment_to_dicom_seg
     from ..errors import UsageError
     from ..inference import Segmenter
     from ..memory import skip_optional_imports, use_mmap_for_large_blocks
+    from ..psa_density import psa_density
+    from .series import choose_input_series, series_summary
 
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     batch = wants_batch(args.input, args.output, args.batch)
+    dicom_seg = not batch and (args.format == "dicom-seg" or is_dicom_seg_path(args.output))
+    if args.psa is not None and batch:
+        raise UsageError("--psa applies to one case, not a batch")
+    choice = None
     if not batch:
         if args.skip_existing:
             raise UsageError("--skip-existing is for a batch (add --batch)")
-        # Check the output before loading anything, so a bad path fails at once.
+        # Check the output and choose the DICOM series before loading anything, so a bad call fails at once.
         from ..image_io import check_output_path
         from ..safe_paths import check_not_input
         from ..temp_files import remove_stale_temporaries
 
         check_not_input(args.output, args.input)
-        output = check_output_path(args.output, overwrite=args.overwrite)
+        output = (check_seg_output_path if dicom_seg else check_output_path)(args.output, overwrite=args.overwrite)
         remove_stale_temporaries(output.parent)
+        choice = choose_input_series(args.input, args.series)
     use_mmap_for_large_blocks()  # lower peak memory; this process is ours
     with skip_optional_imports():  # MONAI's plotting/reader extras: not needed to segment, 58 MB
         import monai  # noqa: F401
@@ -102,31 +122,61 @@ def _run(args: argparse.Namespace) -> int:
     )
     if batch:
         return _run_batch(args, segmenter)
-    result = segmenter.segment_file(
-        args.input, args.output, channel=args.channel, overwrite=args.overwrite,
-        progress=print_progress if args.progress else None,
-    )
+    progress = print_progress if args.progress else None
+    series = None if choice is None else choice.series.uid
+    if dicom_seg:
+        result = segment_to_dicom_seg(segmenter, args.input, args.output, series, args.overwrite, progress)
+    else:
+        result = segmenter.segment_file(
+            args.input, args.output, channel=args.channel, overwrite=args.overwrite, progress=progress, series=series
+        )
     if args.flip_check:
-        add_flip_check(segmenter, args.input, args.channel, result)
+        add_flip_check(segmenter, args.input, args.channel, result, series)
     summary = result.summary()
     summary["model_path"] = str(segmenter.bundle.path)
-    print(json.dumps(summary) if args.json else format_summary(summary))
+    if choice is not None:
+        summary["series"] = series_summary(choice)
+    if args.psa is not None:
+        summary["psa_ng_ml"] = args.psa
+        summary["psa_density_ng_ml_cc"] = (
+            round(psa_density(args.psa, result.volume_ml), 3) if result.volume_ml > 0 else None
+        )
+    if args.json or not getattr(args, "quiet", False):
+        print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
 
 
-def add_flip_check(segmenter: Any, input_path: Any, channel: int | None, result: Any) -> None:
+def add_flip_check(segmenter: Any, input_path: Any, channel: int | None, result: Any, series: str | None = None) -> None:
     """Add the flip agreement to ``result.quality`` (and its warning, if it fails) for the input at ``input_path``."""
     import SimpleITK as sitk
 
     from ..image_io import read_volume
     from ..quality_checks import flip_agreement, quality_warnings, thresholds_from_model
 
-    image = read_volume(input_path, channel=channel)
+    image = read_volume(input_path, channel=channel, series=series)
     labels = sitk.GetArrayViewFromImage(result.mask)
     result.quality["flip_agreement"] = flip_agreement(lambda im: segmenter.segment(im).mask, image, labels)
     thresholds = thresholds_from_model(segmenter.bundle.meta.raw)
     check = {"flip_agreement": result.quality["flip_agreement"]}
     result.warnings += quality_warnings(check, thresholds)
+
+
+def psa_value(text: str) -> float:
+    """``--psa``: a PSA in ng/ml (0-10000)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= 10000):
+        raise argparse.ArgumentTypeError(f"PSA must be a number in 0-10000 ng/ml, got {text!r}")
+    return value
+
+
+def format_psa(summary: dict[str, Any]) -> str:
+    """The PSA density line of the summary."""
+    density = summary["psa_density_ng_ml_cc"]
+    shown = "n/a (empty mask)" if density is None else f"{density:.3f} ng/ml/cc"
+    return f"PSA:      {summary['psa_ng_ml']:g} ng/ml, density {shown}"
 
 
 def print_progress(fraction: float, message: str) -> None:
@@ -143,7 +193,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"model:    {summary['model']} ({summary['model_path']})",
         f"device:   {summary['device']}",
         f"input:    {summary['input']}  {size} voxels, {spacing} mm",
+        *([f"series:   {summary['series']['message']}"] if summary.get("series") else []),
         f"gland:    {summary['volume_ml']:.1f} ml",
+        *([format_psa(summary)] if "psa_ng_ml" in summary else []),
         f"output:   {summary['output']}",
         f"time:     {summary['seconds']:.2f} s ({steps})",
     ]
@@ -152,20 +204,26 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def _run_batch(args: argparse.Namespace, segmenter: Any) -> int:
-    from tqdm import tqdm
-
     from ..batch import check_batch_output, collect_inputs, run_batch
+    from ..dicom_seg import segment_to_dicom_seg
+    from ..progress import progress_bar
 
     items = collect_inputs(args.input)
     if args.channel is not None:
         items = [item if item.channel is not None else replace(item, channel=args.channel) for item in items]
-    check_batch_output(items, args.output, OUTPUT_FORMATS[args.format], args.overwrite, args.skip_existing)
-    bar = tqdm(total=len(items), desc="segment", unit="case", file=sys.stderr, disable=args.json)
+    suffix = OUTPUT_FORMATS[args.format or "nii.gz"]
+    check_batch_output(items, args.output, suffix, args.overwrite, args.skip_existing)
+    quiet = getattr(args, "quiet", False)
+    bar = progress_bar(len(items), "segment", unit="case", file=sys.stderr, disable=args.json or quiet)
 
     def segment_one(item: Any, output: Path) -> Any:
-        result = segmenter.segment_file(item.path, output, channel=item.channel, overwrite=args.overwrite)
+        if args.format == "dicom-seg":
+            return segment_to_dicom_seg(segmenter, item.path, output, args.series, args.overwrite)
+        result = segmenter.segment_file(
+            item.path, output, channel=item.channel, overwrite=args.overwrite, series=args.series
+        )
         if args.flip_check:
-            add_flip_check(segmenter, item.path, item.channel, result)
+            add_flip_check(segmenter, item.path, item.channel, result, args.series)
         return result
 
     def on_case(row: dict[str, Any]) -> None:
@@ -174,7 +232,7 @@ def _run_batch(args: argparse.Namespace, segmenter: Any) -> int:
             bar.write(f"{row['case']}: error: {row['warnings']}", file=sys.stderr)
 
     try:
-        rows = run_batch(items, args.output, segment_one, OUTPUT_FORMATS[args.format], on_case,
+        rows = run_batch(items, args.output, segment_one, suffix, on_case,
                          overwrite=args.overwrite, skip_existing=args.skip_existing)
     finally:
         bar.close()
@@ -192,7 +250,7 @@ def _run_batch(args: argparse.Namespace, segmenter: Any) -> int:
     }
     if args.json:
         print(json.dumps(summary))
-    else:
+    elif not quiet:
         print(
             f"{summary['cases']} cases: {summary['ok']} ok, {summary['warnings']} with warnings, "
             f"{summary['failed']} failed"
