@@ -37,7 +37,17 @@ def add_parser(subparsers: Any) -> None:
         "--largest-component", action="store_true", help="keep only the largest component (default: the model's choice)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the network")
+    parser.add_argument(
+        "--backend", choices=["auto", "onnx", "torch"], default="auto",
+        help="network runtime: onnx (onnxruntime, no torch), torch, or auto (onnx when the bundle has an export)",
+    )
+    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes, about 4x the time)")
+    parser.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1) (default: the model's)")
+    parser.add_argument(
+        "--window", choices=["auto", "whole", "sliding"], default="auto",
+        help="one whole-volume pass or a sliding window (default auto: whole where the model allows it)",
+    )
     parser.add_argument(
         "--format", choices=sorted(OUTPUT_FORMATS), default="nii.gz", help="batch output format"
     )
@@ -52,16 +62,21 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``segment`` (single or batch)."""
     from ..batch import is_batch_input
-    from ..inference import Segmenter
+    from ..bundle import resolve_model
+    from ..errors import InputError
+    from ..inference import Segmenter, choose_backend
     from ..memory import skip_optional_imports, use_mmap_for_large_blocks
 
     if args.threads is not None and args.threads < 1:
-        from ..errors import InputError
-
         raise InputError(f"--threads must be at least 1, got {args.threads}")
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise InputError(f"--overlap must be in [0, 1), got {args.overlap}")
     use_mmap_for_large_blocks()  # lower peak memory; this process is ours
-    with skip_optional_imports():  # MONAI's plotting/reader extras: not needed to segment, 58 MB
-        import monai  # noqa: F401
+    bundle = resolve_model(args.model)
+    backend = choose_backend(bundle, args.backend, args.device)
+    if backend == "torch":
+        with skip_optional_imports():  # MONAI's plotting/reader extras: not needed to segment, 58 MB
+            import monai  # noqa: F401
     batch = is_batch_input(args.input)
     if not batch:
         # Check the output before loading anything, so a bad path fails at once.
@@ -69,10 +84,14 @@ def run(args: argparse.Namespace) -> int:
 
         check_output_path(args.output, overwrite=args.overwrite)
     segmenter = Segmenter(
-        args.model,
+        bundle,
         device=args.device,
         largest_component=False if args.no_largest_component else (True if args.largest_component else None),
         num_threads=args.threads,
+        backend=backend,
+        tta=args.tta,
+        overlap=args.overlap,
+        window=args.window,
     )
     if batch:
         return _run_batch(args, segmenter)
@@ -98,7 +117,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     steps = ", ".join(f"{k} {v:.2f}" for k, v in summary["timings_s"].items())
     lines = [
         f"model:    {summary['model']} ({summary['model_path']})",
-        f"device:   {summary['device']}",
+        f"device:   {summary['device']} ({summary['backend']}, {summary['inference']})",
         f"input:    {summary['input']}  {size} voxels, {spacing} mm",
         f"gland:    {summary['volume_ml']:.1f} ml",
         f"output:   {summary['output']}",
