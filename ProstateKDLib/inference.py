@@ -259,7 +259,7 @@ class Segmenter:
                 raise CancelledError("segmentation cancelled")
             output = self.network(batch)
             done += 1
-            report(0.1 + 0.8 * min(done / total, 1.0), f"network: pass {done}/{total}")
+            report(0.1 + 0.8 * min(done / total, 1.0), f"network: window batch {done}/{total}")
             return output
 
         result: np.ndarray | None = None

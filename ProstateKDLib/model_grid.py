@@ -10,7 +10,7 @@ MONAI. The two agree to float32 rounding (``Testing/test_model_grid.py``):
 * spacing: MONAI keeps the direction and the first voxel's centre, so the resampling
   is separable: output index ``j`` of an axis samples input index
   ``j * new_spacing / old_spacing`` (linear, clamped at the border), and the output
-  size is ``round((n - 1) * old / new) + 1``;
+  size is ``round((n - 1) * old / new + 1)``;
 * inversion: the same linear, border-clamped sampling the other way, then the
   orientation undone.
 
@@ -110,7 +110,8 @@ def to_model_grid(image: Any, orientation: str, spacing: Sequence[float]) -> tup
     oriented = oriented[flip_slices]
     old = tuple(float(image.GetSpacing()[a]) for a in order)
     new = tuple(float(s) for s in spacing)
-    shape = tuple(int(round((n - 1) * o / s)) + 1 for n, o, s in zip(oriented.shape, old, new))
+    # MONAI's np.round((n - 1) * old / new + 1): half to even, on the sum (a tie such as 38.5 -> 38)
+    shape = tuple(int(np.round((n - 1) * o / s + 1.0)) for n, o, s in zip(oriented.shape, old, new))
     steps = [s / o for o, s in zip(old, new)]
     data = resample(np.asarray(oriented, dtype=np.float32), shape, steps)
     grid = GridMap(tuple(order), tuple(flips), old, tuple(oriented.shape), new, shape)  # type: ignore[arg-type]
