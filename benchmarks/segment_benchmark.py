@@ -9,8 +9,8 @@ and the peak resident memory of that process (``os.wait4``), as medians of
 * ``python -c "import torch"``: the yardstick of machine speed (targets are ratios to it);
 * the student with each backend (``--backend onnx``, ``--backend torch``);
 * the teacher (default backend);
-* the peer TAPS (``--peer``, its own venv from ``benchmarks/setup_peer.sh``): its whole
-  ``taps.segment`` call in a fresh process.
+* the peer TAPS (``--peer``, its own venv from ``benchmarks/setup_peer.sh``): its own
+  ``taps segment IN OUT --device cpu --exact`` command.
 
 Then the in-process breakdown per student backend (a fresh worker process each, which
 loads the model once and segments ``repeats + 1`` times: read / preprocess / network /
@@ -48,6 +48,7 @@ SAMPLE = ROOT / "Resources" / "Samples" / "PhantomCase01.nii.gz"
 PROSTATEX_T2 = ROOT.parent / "shared" / "data" / "dicom" / "ProstateX-0001" / "07-08-2011" / "6.000000-t2tsetra-76610"
 PEER_PYTHON = ROOT / "benchmarks" / ".venv-peer" / "bin" / "python"
 YARDSTICK = "import torch"
+TAPS = "TAPS (taps segment)"
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -129,10 +130,8 @@ def commands(args: argparse.Namespace, input_path: Path, workdir: Path) -> dict[
     if args.teacher:
         found["teacher (auto backend)"] = segment("--model", args.teacher)
     if args.peer:
-        runner = ROOT / "benchmarks" / "peer" / "taps_runner.py"
-        found["TAPS (taps.segment)"] = [str(PEER_PYTHON), str(runner), "run", "--input", str(input_path),
-                                        "--mask", str(workdir / "taps_mask.nii.gz"), "--threads", str(args.threads),
-                                        "--repeats", "0"]
+        found[TAPS] = [str(PEER_PYTHON.with_name("taps")), "segment", str(input_path),
+                       str(workdir / "taps_mask.nii.gz"), "--device", args.device, "--exact"]
     return found
 
 
@@ -184,7 +183,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             whole[label] = {"median_s": seconds, "runs_s": [round(s, 3) for s, _ in values],
                             "peak_rss_mb": statistics.median(m for _, m in values),
                             "x_yardstick": seconds / yard}
-        taps = whole.get("TAPS (taps.segment)")
+        taps = whole.get(TAPS)
         for label, entry in whole.items():
             entry["taps_over_this"] = taps["median_s"] / entry["median_s"] if taps else None
         stages = {b: run_worker(args, b, item["path"], workdir) for b in (["auto"] if args.smoke else args.backends)}
