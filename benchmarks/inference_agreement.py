@@ -18,6 +18,7 @@ Masks are compared on the case's own grid; the PROMISE12 spacings are estimated
 
     python benchmarks/inference_agreement.py --data ../shared/data/promise12 --threads 2 \\
         --out benchmarks/reports/<date>/inference_agreement.json
+    python benchmarks/inference_agreement.py --index runs/promise12_index.json --split test ...
 """
 
 from __future__ import annotations
@@ -80,8 +81,15 @@ def monai_reference(bundle: Any, image: Any, network: Any) -> np.ndarray:
     return keep_largest_component(labels) if meta.largest_component else labels
 
 
-def find_cases(data: Path, names: list[str] | None, limit: int | None) -> list[tuple[str, str, Path, Path]]:
-    """(case, site, image, mask) for each labelled case under ``data/<SITE>/``."""
+def find_cases(args: argparse.Namespace) -> list[tuple[str, str, Path, Path]]:
+    """(case, site, image, mask): one split of a ``prostatekd prepare`` index, or each case under ``data/<SITE>/``."""
+    names, limit, data = args.cases, args.limit, args.data
+    if args.index is not None:
+        from training.prepare import index_split
+
+        cases = [(r.case_id, r.site, Path(r.image), Path(r.label)) for r in index_split(args.index, args.split)]
+        cases = [c for c in cases if not names or c[0] in names]
+        return cases[:limit] if limit else cases
     cases = []
     for mask in sorted(data.glob("*/*_segmentation.nii.gz")):
         case = mask.name[: -len("_segmentation.nii.gz")]
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     segmenters = {name: Segmenter(bundle, device="cpu", num_threads=args.threads, **kw) for name, kw in OPTIONS.items()}
     reference_network = segmenters["torch_sliding"].network.module
     rows = []
-    for case, site, image_path, mask_path in find_cases(args.data, args.cases, args.limit):
+    for case, site, image_path, mask_path in find_cases(args):
         image = read_volume(image_path)
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path))) > 0
         masks, seconds, modes = {}, {}, {}
@@ -145,7 +153,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": f"{bundle.meta.name} {bundle.meta.version}",
         "model_path": str(bundle.path),
         "model_training_data": bundle.meta.provenance.get("training_data"),
-        "data": f"PROMISE12 training cases with expert masks under {args.data} (sites inferred, spacing estimated)",
+        "data": (f"split '{args.split}' of {args.index}" if args.index else
+                 f"PROMISE12 training cases with expert masks under {args.data} (sites inferred, spacing estimated)"),
         "cases": len(rows),
         "summary": summary,
         "rows": rows,
@@ -174,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "promise12")
     parser.add_argument("--model", default=None, help="bundle name or path (default: the bundled student)")
+    parser.add_argument("--index", type=Path, default=None, help="a prostatekd prepare index (instead of --data)")
+    parser.add_argument("--split", default="test", help="split of --index: test, all (default: test)")
     parser.add_argument("--cases", nargs="*", default=None, help="case names (default: all)")
     parser.add_argument("--limit", type=int, default=None, help="first N cases only")
     parser.add_argument("--threads", type=int, default=2)
