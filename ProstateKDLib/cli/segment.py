@@ -57,7 +57,17 @@ def add_parser(subparsers: Any) -> None:
         "--skip-existing", action="store_true", default=None,
         help="batch: keep cases whose mask exists (the default for a rerun with the same inputs)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the network")
+    parser.add_argument(
+        "--backend", choices=["auto", "onnx", "torch"], default="auto",
+        help="network runtime: onnx (onnxruntime, no torch), torch, or auto (onnx when the bundle has an export)",
+    )
+    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes, about 4x the time)")
+    parser.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1) (default: the model's)")
+    parser.add_argument(
+        "--window", choices=["auto", "whole", "sliding"], default="auto",
+        help="one whole-volume pass or a sliding window (default auto: whole where the model allows it)",
+    )
     parser.add_argument(
         "--format", choices=sorted(OUTPUT_FORMATS), default=None,
         help="output format (batch default: nii.gz; dicom-seg also for one DICOM input)",
@@ -87,13 +97,16 @@ def _run(args: argparse.Namespace) -> int:
     from ..batch import wants_batch
     from ..dicom_seg import check_seg_output_path, is_dicom_seg_path, segment_to_dicom_seg
     from ..errors import UsageError
-    from ..inference import Segmenter
+    from ..bundle import resolve_model
+    from ..inference import Segmenter, choose_backend
     from ..memory import skip_optional_imports, use_mmap_for_large_blocks
     from ..psa_density import psa_density
     from .series import choose_input_series, series_summary
 
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise UsageError(f"--overlap must be in [0, 1), got {args.overlap}")
     batch = wants_batch(args.input, args.output, args.batch)
     dicom_seg = not batch and (args.format == "dicom-seg" or is_dicom_seg_path(args.output))
     if args.psa is not None and batch:
@@ -112,13 +125,20 @@ def _run(args: argparse.Namespace) -> int:
         remove_stale_temporaries(output.parent)
         choice = choose_input_series(args.input, args.series)
     use_mmap_for_large_blocks()  # lower peak memory; this process is ours
-    with skip_optional_imports():  # MONAI's plotting/reader extras: not needed to segment, 58 MB
-        import monai  # noqa: F401
+    bundle = resolve_model(args.model)
+    backend = choose_backend(bundle, args.backend, args.device)
+    if backend == "torch":
+        with skip_optional_imports():  # MONAI's plotting/reader extras: not needed to segment, 58 MB
+            import monai  # noqa: F401
     segmenter = Segmenter(
-        args.model,
+        bundle,
         device=args.device,
         largest_component=False if args.no_largest_component else (True if args.largest_component else None),
         num_threads=args.threads,
+        backend=backend,
+        tta=args.tta,
+        overlap=args.overlap,
+        window=args.window,
     )
     if batch:
         return _run_batch(args, segmenter)
@@ -191,7 +211,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     steps = ", ".join(f"{k} {v:.2f}" for k, v in summary["timings_s"].items())
     lines = [
         f"model:    {summary['model']} ({summary['model_path']})",
-        f"device:   {summary['device']}",
+        f"device:   {summary['device']} ({summary['backend']}, {summary['inference']})",
         f"input:    {summary['input']}  {size} voxels, {spacing} mm",
         *([f"series:   {summary['series']['message']}"] if summary.get("series") else []),
         f"gland:    {summary['volume_ml']:.1f} ml",
