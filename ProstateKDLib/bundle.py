@@ -231,7 +231,8 @@ def save_bundle(
     The weights are checked against the network first, so a bundle written
     here always loads. ``finish`` is called with the still temporary folder
     before it becomes ``outdir`` (e.g. :func:`~ProstateKDLib.onnx_export.add_onnx_export`);
-    if it raises, nothing is written.
+    if it raises, nothing is written. An ``onnx`` entry of ``model_json`` (copied from
+    the bundle new weights came from) is dropped: it would describe other weights.
 
     Raises:
         BundleError: ``model_json`` is invalid or does not match ``state_dict``.
@@ -241,6 +242,7 @@ def save_bundle(
 
     outdir = Path(outdir).expanduser()
     data = dict(model_json)
+    data.pop("onnx", None)  # an ONNX export named here belongs to other weights; ``finish`` may add a new one
     data.setdefault("weights", "model.safetensors")
     if not str(data["weights"]).endswith(".safetensors"):
         raise BundleError(f"save_bundle writes safetensors; 'weights' is {data['weights']!r}")

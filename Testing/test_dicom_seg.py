@@ -160,7 +160,7 @@ def test_cli_single_and_batch_dicom_seg(shared_data: Path, t2_folder: Path, tiny
                     cases / "ProstateX-0001")
     (cases / "ProstateX-0002").mkdir()
     sitk.WriteImage(sitk.Image([16, 16, 16], sitk.sitkFloat32) + 1.0, str(cases / "nifti-case.nii.gz"))
-    code = main(["segment", str(cases), str(tmp_path / "out"), "--format", "dicom-seg", *model])
+    code = main(["segment", str(cases), str(tmp_path / "out"), "--batch", "--format", "dicom-seg", *model])
     capsys.readouterr()
     assert code == 1  # the NIfTI case cannot become a DICOM SEG
     rows = {row["case"]: row for row in _csv(tmp_path / "out" / "summary.csv")}

@@ -86,10 +86,12 @@ def edited(data: dict, dotted: str, value=None, delete: bool = False) -> dict:
     "dotted, value, delete, message",
     [
         ("train.lr", 0.1, False,
-         "unknown key 'train.lr' (known: amp, batch_size, device, epochs, learning_rate, lr_schedule, num_threads, "
-         "optimizer, patches_per_volume, positive_fraction, seed, weight_decay)"),
+         "unknown key 'train.lr' (known: amp, batch_size, device, epochs, grad_clip, learning_rate, lr_schedule, "
+         "num_threads, optimizer, patches_per_volume, positive_fraction, seed, val_overlap, warmup_steps, "
+         "weight_decay)"),
         ("optimiser", {}, False,
-         "unknown key 'optimiser' (known: data, distiller, export, model, preprocessing, teachers, train)"),
+         "unknown key 'optimiser' (known: augmentation, data, distiller, export, model, preprocessing, teachers, "
+         "train)"),
         ("preprocessing.normalization.mode", "x", False,
          "unknown key 'preprocessing.normalization.mode' (known: clip_percentiles, name)"),
         ("train.epochs", None, True, "missing required key 'train.epochs'"),

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> dict:
     import_s = time.perf_counter() - start
     start = time.perf_counter()
     segmenter = Segmenter(args.bundle, device=args.device, num_threads=args.threads)
-    cuda = segmenter.device.type == "cuda"
+    cuda = str(segmenter.device).startswith("cuda")
     timed = TimedNetwork(segmenter.network, cuda)
     segmenter.network = timed
     load_s = time.perf_counter() - start
