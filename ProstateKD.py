@@ -22,14 +22,14 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from ProstateKDLib.errors import CancelledError, DeviceError, ProstateKDError
+from ProstateKDLib.errors import CancelledError, DeviceError, InputError, ProstateKDError
+from ProstateKDLib.slicer_dependencies import (
+    MINIMUM_TORCH,
+    NEVER_INSTALL,
+    module_requirements,
+    requirement_satisfied,
+)
 from ProstateKDLib.slicer_logic import ProstateKDLogic, ProstateKDParameters, segment_terminology
-
-# Packages the module needs besides Slicer's own numpy and SimpleITK (never reinstalled)
-# and torch (from the PyTorch extension).
-REQUIREMENTS = ("monai>=1.4,<1.7", "safetensors>=0.4", "scipy>=1.10", "psutil>=5.9", "tqdm>=4.60")
-NEVER_INSTALL = ("torch", "numpy", "SimpleITK")
-MINIMUM_TORCH = ">=2.2"
 PAPER = ('Ben Loussaief et al. (2023), "Knowledge Distillation for Adaptive MRI Prostate Segmentation '
          'Based on Limit-Trained Multi-Teacher Models"')
 
@@ -79,6 +79,9 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.parameters: ProstateKDParameters | None = None
         self.bundles: list = []
         self.job = None
+        # What the running job was started for (bound at Apply, never re-read from the panel).
+        self.jobVolume = None
+        self.jobOutput = None
         self.dependenciesReady = False
         self.deviceUsable = True
         self._updating = False
@@ -229,6 +232,16 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def populateDevices(self) -> None:
         """auto and CPU always; CUDA devices and MPS once torch can be imported here."""
         combo = self.ui.deviceComboBox
+        wasBlocked = combo.blockSignals(True)  # refilling must not reset the chosen device to "auto"
+        try:
+            self._addDevices(combo)
+        finally:
+            combo.blockSignals(wasBlocked)
+        if self.parameters is not None:
+            self._selectData(combo, self.parameters.device, f"{self.parameters.device} (not available here)")
+
+    @staticmethod
+    def _addDevices(combo) -> None:
         combo.clear()
         combo.addItem("auto (GPU if available, else CPU)", "auto")
         combo.addItem("CPU", "cpu")
@@ -267,6 +280,10 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtons(self) -> None:
         p = self.parameters
         running = self.job is not None
+        # The job is bound to the volume, model and output chosen at Apply: no changing them meanwhile.
+        for selector in (self.ui.inputVolumeSelector, self.ui.outputSegmentationSelector, self.ui.modelComboBox,
+                         self.ui.deviceComboBox, self.ui.largestComponentCheckBox):
+            selector.enabled = not running
         ready = p is not None and p.input_volume is not None and self.selectedBundle() is not None
         self.ui.applyButton.enabled = ready and not running and self.deviceUsable
         self.ui.cancelButton.enabled = running
@@ -285,7 +302,10 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return False
         if not self._ensureTorch():
             return False
-        missing = [r for r in REQUIREMENTS if not _satisfied(r)]
+        import torch
+
+        requirements = module_requirements(torch.__version__)  # MONAI matched to this torch
+        missing = [r for r in requirements if not requirement_satisfied(r)]
         if missing:
             try:
                 pipEnsure = _pipEnsure()
@@ -301,7 +321,7 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 else:
                     raise RuntimeError("installation declined")
             except Exception as error:
-                still = [r for r in REQUIREMENTS if not _satisfied(r)]
+                still = [r for r in requirements if not requirement_satisfied(r)]
                 slicer.util.errorDisplay(
                     f"ProstateKD cannot segment: missing Python packages {', '.join(still or missing)} ({error}). "
                     "Install them from this module (Apply) or with pip_install in the Python console."
@@ -333,13 +353,24 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---------------------------------------------------------------- actions
     def onApply(self) -> None:
-        if self.job is not None or not self.ensureDependencies():
+        if self.job is not None:
+            return
+        try:  # installing torch or packages can fail in many ways: report it here, change nothing
+            ready = self.ensureDependencies()
+        except Exception as error:
+            logging.exception("ProstateKD: could not prepare the Python packages")
+            self.setStatus(f"<span style='color:#b00'>Could not install the Python packages: {error}</span>")
+            return
+        if not ready:
+            self.setStatus("<span style='color:#b00'>ProstateKD cannot segment: Python packages are missing "
+                           "(see the message).</span>")
             return
         p = self.parameters
+        volume, output = p.input_volume, p.output_segmentation
         self.setStatus("Starting...")
         try:
-            self.job = self.logic.start_segmentation(
-                p.input_volume, model=self.selectedBundle(), device=p.device, largest_component=p.largest_component
+            job = self.logic.start_segmentation(
+                volume, model=self.selectedBundle(), device=p.device, largest_component=p.largest_component
             )
         except ProstateKDError as error:
             self.setStatus(f"<span style='color:#b00'>{error}</span>")
@@ -348,6 +379,7 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.exception("ProstateKD: could not start the segmentation")
             self.setStatus(f"<span style='color:#b00'>Could not start the segmentation: {error}</span>")
             return
+        self.job, self.jobVolume, self.jobOutput = job, volume, output
         self.setStatus("Segmenting in a background process...")
         self.ui.progressBar.setRange(0, 0)  # busy until the first progress line
         self.ui.progressBar.show()
@@ -371,9 +403,16 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onFinished(job)
 
     def onFinished(self, job) -> None:
+        """Import the result into the volume and output chosen at Apply (not what is selected now)."""
         p = self.parameters
+        volume, output = self.jobVolume, self.jobOutput
+        if output is not None and output.GetScene() is None:  # removed meanwhile: make a new one
+            output = None
         try:
-            node, result = self.logic.finish_segmentation(job, p.input_volume, p.output_segmentation)
+            if volume is None or volume.GetScene() is None:
+                job.cleanup()
+                raise InputError("the input volume was removed from the scene during the segmentation")
+            node, result = self.logic.finish_segmentation(job, volume, output)
         except CancelledError:
             self.setStatus("Cancelled.")
         except ProstateKDError as error:
@@ -382,13 +421,14 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.exception("ProstateKD: segmentation failed")
             self.setStatus(f"<span style='color:#b00'>Segmentation failed: {error}</span>")
         else:
-            p.output_segmentation = node
+            if p is not None:
+                p.output_segmentation = node
             seconds = sum(result.timings.values())
             warnings = "".join(f"<br><span style='color:#a60'>Warning: {w}</span>" for w in result.warnings)
             self.setStatus(f"Prostate {result.volume_ml:.1f} ml, {seconds:.1f} s ({result.model}, {result.device})."
                            + warnings)
         finally:
-            self.job = None
+            self.job, self.jobVolume, self.jobOutput = None, None, None
             self.ui.progressBar.hide()
             self.updateButtons()
 
@@ -403,7 +443,7 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.stop()
         if self.job is not None:
             self.job.cleanup()
-            self.job = None
+            self.job, self.jobVolume, self.jobOutput = None, None, None
 
     def onEdit(self) -> None:
         p = self.parameters
@@ -411,8 +451,7 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editor.setSegmentationNode(p.output_segmentation)
         if p.input_volume is not None:
-            setSource = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode  # Slicer < 5.4
-            setSource(p.input_volume)
+            editor.setSourceVolumeNode(p.input_volume)  # Slicer >= 5.4
 
     def onSaveCase(self) -> None:
         p = self.parameters
@@ -438,21 +477,6 @@ def _pipEnsure():
         return None
 
 
-def _satisfied(requirement: str) -> bool:
-    """Whether ``requirement`` (``name>=x``) is installed in this Python."""
-    from importlib import metadata
-
-    try:
-        from packaging.requirements import Requirement
-    except ImportError:  # no 'packaging': importable is good enough
-        return importlib.util.find_spec(requirement.split(">")[0].split("<")[0]) is not None
-    parsed = Requirement(requirement)
-    try:
-        return parsed.specifier.contains(metadata.version(parsed.name), prereleases=True)
-    except metadata.PackageNotFoundError:
-        return False
-
-
 class ProstateKDTest(ScriptedLoadableModuleTest):
     """The whole scenario on the bundled phantom: load, segment, check, save as a training case."""
 
@@ -460,16 +484,29 @@ class ProstateKDTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
+        """Reload and Test calls this directly (no unittest runner): a skip must not read as a failure."""
         self.setUp()
+        missing = self.missingPackages()
+        if missing:
+            message = (f"ProstateKD self-test NOT RUN: {', '.join(missing)} not installed in this Slicer. "
+                       "Open the ProstateKD module and click Apply once to install them, then run the test again.")
+            logging.warning(message)
+            self.delayDisplay(message)
+            return
         self.test_segment_and_save_training_case()
+
+    @staticmethod
+    def missingPackages() -> list:
+        """The packages the self-test needs that this Python lacks."""
+        return [name for name in ("torch", "monai") if importlib.util.find_spec(name) is None]
 
     def test_segment_and_save_training_case(self) -> None:
         import numpy as np
         import SimpleITK as sitk
 
-        for module in ("torch", "monai"):
-            if importlib.util.find_spec(module) is None:
-                self.skipTest(f"{module} is not installed in this Slicer (open the module and click Apply once)")
+        missing = self.missingPackages()
+        if missing:  # under a unittest runner (CTest) this is a proper skip
+            self.skipTest(f"{', '.join(missing)} not installed in this Slicer (open the module and click Apply once)")
         samples = Path(__file__).resolve().parent / "Resources" / "Samples"
         self.delayDisplay("Loading the phantom sample")
         volume = slicer.util.loadVolume(str(samples / "PhantomCase01.nii.gz"))

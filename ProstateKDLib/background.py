@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .errors import (
     BundleError,
@@ -79,6 +79,33 @@ def parse_progress(line: str) -> tuple[float, str] | None:
     except ValueError:
         return None
     return min(max(fraction, 0.0), 1.0), (parts[1].strip() if len(parts) > 1 else "")
+
+
+def read_lines(stream: Any) -> Iterator[str]:
+    """The lines of a child's output pipe, without line ends, until it closes.
+
+    Reads bytes (the binary buffer under a text pipe, such as the one
+    ``slicer.util.launchConsoleProcess`` opens with the locale's strict codec)
+    and decodes each line as UTF-8 on its own: a line that does not decode is
+    skipped and reading goes on, so the child never blocks on a full pipe.
+    """
+    raw = getattr(stream, "buffer", stream)
+    try:
+        while True:
+            try:
+                line = raw.readline()
+            except UnicodeDecodeError:  # a text stream without a binary buffer
+                continue
+            if not line:
+                return
+            if isinstance(line, bytes):
+                try:
+                    line = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+            yield line.rstrip("\r\n")
+    except (OSError, ValueError):  # pipe closed by a kill
+        return
 
 
 class BackgroundSegmentation:
@@ -161,10 +188,8 @@ class BackgroundSegmentation:
     def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None
         try:
-            for line in self.process.stdout:
-                self._lines.put(line.rstrip("\r\n"))
-        except (OSError, ValueError):  # pipe closed by a kill
-            pass
+            for line in read_lines(self.process.stdout):
+                self._lines.put(line)
         finally:
             self._lines.put(None)
 

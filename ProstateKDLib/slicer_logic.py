@@ -30,7 +30,7 @@ import vtk
 
 from .background import BackgroundSegmentation, default_launcher
 from .errors import InputError, ProstateKDError
-from .seg_nrrd import AUTO_COLOR, SegmentInfo
+from .seg_nrrd import AUTO_COLOR, TERMINOLOGY_TAG, SegmentInfo
 from .training_case import TrainingCase, save_training_case
 
 MODULE_NAME = "ProstateKD"
@@ -44,7 +44,11 @@ __all__ = [
     "bundle_segments",
     "image_to_volume_node",
     "mask_to_segmentation_node",
+    "segment_terminology",
     "segmentation_node_to_mask",
+    "set_segment_terminology",
+    "set_terminology_tag",
+    "terminology_tag",
     "volume_node_to_image",
 ]
 
@@ -142,13 +146,29 @@ def bundle_segments(bundle: Any) -> list[SegmentInfo]:
     ]
 
 
-def _set_terminology(segment: Any, terminology: str | None) -> None:
+def set_segment_terminology(segment: Any, terminology: str | None) -> None:
+    """Give a ``vtkSegment`` its terminology entry string (nothing for None or "").
+
+    ``vtkSegment::SetTerminology`` exists from Slicer 5.10; Slicer 5.6-5.8 keep
+    the entry in the segment's ``TerminologyEntry`` tag (5.10+ stores it there too).
+    """
     if not terminology:
         return
     if hasattr(segment, "SetTerminology"):
         segment.SetTerminology(terminology)
-    else:  # Slicer < 5.8
-        segment.SetTag("TerminologyEntry", terminology)
+    else:  # Slicer 5.6-5.8
+        set_terminology_tag(segment, terminology)
+
+
+def set_terminology_tag(segment: Any, terminology: str) -> None:
+    """The Slicer 5.6-5.8 way: the entry string in the segment's ``TerminologyEntry`` tag."""
+    segment.SetTag(TERMINOLOGY_TAG, terminology)
+
+
+def terminology_tag(segment: Any) -> str:
+    """The Slicer 5.6-5.8 way: the segment's ``TerminologyEntry`` tag ("" when it has none)."""
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(TERMINOLOGY_TAG, value) else ""
 
 
 def mask_to_segmentation_node(
@@ -196,6 +216,11 @@ def mask_to_segmentation_node(
     reference_volume_node.GetIJKToRASMatrix(matrix)
     labelmap.SetIJKToRASMatrix(matrix)
 
+    # The labelmap (not in the scene) has no parent transform: Slicer imports it as world
+    # coordinates and resamples it by the inverse of the node's transform. So the node must be
+    # untransformed during the import and placed under the volume's transform afterwards; else an
+    # Apply into a node that is already under the transform would move the segment.
+    segmentation_node.SetAndObserveTransformNodeID(None)
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
     segmentation = segmentation_node.GetSegmentation()
     segmentation.RemoveAllSegments()
@@ -206,7 +231,7 @@ def mask_to_segmentation_node(
             segmentation.GenerateUniqueSegmentID(segment.name), segment.name, list(segment.color)
         )
         by_value[segment.label_value] = segment_id
-        _set_terminology(segmentation.GetSegment(segment_id), segment.terminology)
+        set_segment_terminology(segmentation.GetSegment(segment_id), segment.terminology)
     for value in range(1, max(by_value, default=0) + 1):
         ids.InsertNextValue(by_value.get(value, ""))
     if ordered and not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
@@ -220,10 +245,9 @@ def mask_to_segmentation_node(
 
 def segment_terminology(segment: Any) -> str:
     """The terminology entry string of a ``vtkSegment`` ("" when it has none)."""
-    if hasattr(segment, "GetTerminology"):
+    if hasattr(segment, "GetTerminology"):  # Slicer >= 5.10
         return segment.GetTerminology() or ""
-    value = vtk.reference("")  # Slicer < 5.8
-    return str(value) if segment.GetTag("TerminologyEntry", value) else ""
+    return terminology_tag(segment)  # Slicer 5.6-5.8
 
 
 def _is_prostate(segment: Any) -> bool:

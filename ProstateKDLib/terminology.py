@@ -15,6 +15,9 @@ PROSTATE_TERMINOLOGY = {
 def slicer_terminology_tag(terminology: Mapping[str, Sequence[str]] | None) -> str | None:
     """``{"category": [scheme, code, meaning], "type": [...]}`` -> Slicer's ``TerminologyEntry`` string.
 
+    The string is exactly what Slicer's ``SerializeTerminologyEntry`` gives
+    (``<context>~<category>~<type>~<modifier>~<anatomic context>~<region>~<region modifier>``),
+    with no ``|``: that character only separates tags in ``.seg.nrrd`` headers.
     Returns ``None`` when no terminology is given.
     """
     if not terminology:
@@ -24,4 +27,4 @@ def slicer_terminology_tag(terminology: Mapping[str, Sequence[str]] | None) -> s
     modifier = "^".join(terminology.get("type_modifier", ["", "", ""]))
     region = "^".join(terminology.get("region", ["", "", ""]))
     region_modifier = "^".join(terminology.get("region_modifier", ["", "", ""]))
-    return f"{SLICER_CONTEXT}~{category}~{kind}~{modifier}~{ANATOMIC_CONTEXT}~{region}~{region_modifier}|"
+    return f"{SLICER_CONTEXT}~{category}~{kind}~{modifier}~{ANATOMIC_CONTEXT}~{region}~{region_modifier}"

@@ -166,3 +166,81 @@ def test_module_file_defines_module_widget_and_test():
     assert 'self.parent.categories = ["Segmentation"]' in text
     assert "Knowledge Distillation for Adaptive MRI Prostate Segmentation" in text
     assert "PhantomCase01.nii.gz" in text and (ROOT / "Resources/Samples/PhantomCase01.nii.gz").is_file()
+
+
+# ------------------------------------------------------------ Extensions Index
+RAW_PREFIX = "https://raw.githubusercontent.com/ProstateKD/ProstateKD/main/"
+INDEX_FILE = ROOT / "ExtensionsIndex" / "ProstateKD.json"
+# Slicer's Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json: required keys,
+# every allowed key with its JSON type (additionalProperties is false), scm_type enum, tier range.
+SCHEMA_URL = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json#"
+SCHEMA_REQUIRED = ("$schema", "category", "scm_url")
+SCHEMA_TYPES = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+                "build_dependencies": list, "dicom_support_rule": str, "build_subdirectory": str,
+                "enabled": bool, "tier": int}
+
+
+def _cmake_value(variable: str) -> str:
+    match = re.search(rf'set\({variable}\s+"([^"]*)"\)', CMAKE.read_text(encoding="utf-8"))
+    assert match, f"CMakeLists.txt does not set {variable} to a quoted string"
+    return match.group(1)
+
+
+def test_extension_urls_are_literal_and_point_to_the_right_files():
+    """check_description_files.py of the Extensions Index reads these as text: no ${VAR}."""
+    for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        value = _cmake_value(variable)
+        assert re.fullmatch(r"https?://\S+", value) and "${" not in value, f"{variable} is not a literal URL: {value}"
+    icon, screenshot = _cmake_value("EXTENSION_ICONURL"), _cmake_value("EXTENSION_SCREENSHOTURLS")
+    assert icon == RAW_PREFIX + "Resources/Icons/ProstateKD.png"
+    assert screenshot.startswith(RAW_PREFIX) and screenshot != icon
+    shot = ROOT / screenshot[len(RAW_PREFIX):]
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{shot} is not a PNG in the repository"
+    assert shot.read_bytes() != (ROOT / "Resources/Icons/ProstateKD.png").read_bytes()
+    assert shot.relative_to(ROOT).as_posix() in (ROOT / "README.md").read_text(encoding="utf-8")  # shown there
+
+
+def test_extensions_index_description_follows_schema_1_0_2():
+    import json
+
+    entry = json.loads(INDEX_FILE.read_text(encoding="utf-8"))
+    assert entry["$schema"] == SCHEMA_URL
+    missing = [key for key in SCHEMA_REQUIRED if key not in entry]
+    assert not missing, f"{INDEX_FILE.name} lacks required {missing}"
+    unknown = sorted(set(entry) - set(SCHEMA_TYPES))
+    assert not unknown, f"{INDEX_FILE.name} has keys the schema does not allow: {unknown}"
+    for key, value in entry.items():
+        assert isinstance(value, SCHEMA_TYPES[key]) and not (SCHEMA_TYPES[key] is int and isinstance(value, bool)), \
+            f"{key} must be a {SCHEMA_TYPES[key].__name__}"
+    assert all(isinstance(d, str) for d in entry.get("build_dependencies", []))
+    assert entry.get("scm_type", "git") in ("git", "local")
+    assert 1 <= entry.get("tier", 1) <= 5
+    # and it agrees with CMakeLists.txt
+    assert entry["category"] == _cmake_value("EXTENSION_CATEGORY")
+    assert entry["build_dependencies"] == _cmake_value("EXTENSION_DEPENDS").split() == ["PyTorch"]
+    assert entry["scm_url"] == _cmake_value("EXTENSION_HOMEPAGE") + ".git"
+    assert entry["scm_revision"]
+
+
+def test_licence_file_at_the_root():
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def test_module_installs_nibabel_and_a_monai_matching_torch():
+    from ProstateKDLib.slicer_dependencies import BASE_REQUIREMENTS, module_requirements, monai_requirement
+
+    assert "nibabel>=5" in BASE_REQUIREMENTS
+    assert monai_requirement("2.13.0+cpu", (3, 12)) == "monai>=1.6,<1.7"
+    assert monai_requirement("2.8.0", (3, 9)) == "monai>=1.5.2,<1.6"  # MONAI 1.6 needs Python 3.10
+    assert monai_requirement("2.5.1+cu121", (3, 12)) == "monai>=1.5.2,<1.6"
+    assert monai_requirement("2.4.0", (3, 12)) == "monai>=1.4,<1.5"  # MONAI 1.5.2 needs torch 2.4.1
+    assert monai_requirement("2.2.2", (3, 9)) == "monai>=1.4,<1.5"
+    assert module_requirements("2.13.0")[0].startswith("monai") and "nibabel>=5" in module_requirements("2.13.0")
+    import monai
+    import torch
+
+    from ProstateKDLib.slicer_dependencies import requirement_satisfied
+
+    assert requirement_satisfied(monai_requirement(torch.__version__)), (torch.__version__, monai.__version__)
