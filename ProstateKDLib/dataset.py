@@ -52,8 +52,15 @@ class CaseRecord:
     channels: tuple[int, ...] | None = None
 
 
-def _suffix(name: str) -> str | None:
+def image_suffix(name: str) -> str | None:
+    """The image suffix of a file name (``.nii.gz``, ...; case-insensitive), or ``None``."""
     return next((s for s in IMAGE_SUFFIXES if name.lower().endswith(s)), None)
+
+
+def is_label_name(name: str) -> bool:
+    """Whether a file name is a label file (``<stem>_segmentation<suffix>``)."""
+    suffix = image_suffix(name)
+    return bool(suffix) and name[: -len(suffix)].lower().endswith(LABEL_TAG)
 
 
 def index_multisite(root: str | os.PathLike) -> list[CaseRecord]:
@@ -73,13 +80,13 @@ def index_multisite(root: str | os.PathLike) -> list[CaseRecord]:
         files = {p.name: p for p in site_dir.iterdir() if p.is_file() and not p.name.startswith(".")}
         labels = {}
         for name, path in files.items():
-            suffix = _suffix(name)
+            suffix = image_suffix(name)
             stem = name[: len(name) - len(suffix)] if suffix else ""
             if suffix and stem.lower().endswith(LABEL_TAG):
                 labels[(stem[: -len(LABEL_TAG)], suffix)] = path
         used = set()
         for name in sorted(files):
-            suffix = _suffix(name)
+            suffix = image_suffix(name)
             if suffix is None or name[: -len(suffix)].lower().endswith(LABEL_TAG):
                 continue
             stem = name[: -len(suffix)]
@@ -125,7 +132,7 @@ def read_case_csv(path: str | os.PathLike) -> list[CaseRecord]:
         image, label = (Path(row[k]).expanduser() for k in ("image", "label"))
         image, label = (p if p.is_absolute() else path.parent / p for p in (image, label))
         site = row.get("site") or "default"
-        suffix = _suffix(image.name)
+        suffix = image_suffix(image.name)
         stem = image.name[: -len(suffix)] if suffix else image.stem
         case_id = f"{site}/{stem}"
         for kind, file in (("image", image), ("label", label)):
@@ -215,7 +222,7 @@ def split_cases(
     return sorted(train, key=lambda c: c.case_id), sorted(val, key=lambda c: c.case_id)
 
 
-def _read_image(record: CaseRecord) -> Any:
+def read_image(record: CaseRecord) -> Any:
     try:
         from .image_io import read_volume
     except ImportError:  # pragma: no cover - image_io is part of the library
@@ -232,7 +239,7 @@ def _read_image(record: CaseRecord) -> Any:
         raise DataError(f"case {record.case_id}: cannot read image {record.image}: {_first_line(exc)}") from None
 
 
-def _read_label(record: CaseRecord) -> Any:
+def read_label(record: CaseRecord) -> Any:
     import SimpleITK as sitk
 
     try:
@@ -300,8 +307,8 @@ def read_case(record: CaseRecord, keep_zones: bool = False) -> tuple[Any, Any]:
     """
     import SimpleITK as sitk
 
-    image = _read_image(record)
-    label = _read_label(record)
+    image = read_image(record)
+    label = read_label(record)
     check_geometry(record, image, label)
     mask = gland_mask(record, label)
     if keep_zones:
@@ -352,10 +359,10 @@ def load_case(
     from .preprocessing import preprocess_image, preprocess_label
 
     parts = [replace(record, channel=c, channels=None) for c in record.channels] if record.channels else [record]
-    label = _read_label(record)
+    label = read_label(record)
     tensors = []
     for part in parts:
-        image = _read_image(part)
+        image = read_image(part)
         check_geometry(part, image, label)
         tensor, _ = preprocess_image(image, orientation, spacing, normalization)
         tensors.append(torch.as_tensor(tensor.as_tensor(), dtype=torch.float32))

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .dataset import CaseRecord, _suffix
+from .dataset import CaseRecord, image_suffix
 from .errors import DataError
 
 MSD_DESCRIPTOR = "dataset.json"
@@ -108,7 +108,7 @@ def index_msd(root: str | os.PathLike, channel: int | None = None) -> list[CaseR
             raise DataError(f"{MSD_DESCRIPTOR} training entry {number}: needs 'image' and 'label' paths")
         image, label = (root / entry[k] for k in ("image", "label"))
         site = str(entry.get("site") or MSD_SITE)
-        suffix = _suffix(image.name)
+        suffix = image_suffix(image.name)
         stem = image.name[: -len(suffix)] if suffix else image.stem
         case_id = f"{site}/{stem}"
         for kind, file in (("image", image), ("label", label)):

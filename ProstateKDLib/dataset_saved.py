@@ -16,7 +16,7 @@ import csv
 import os
 from pathlib import Path
 
-from .dataset import CaseRecord, _suffix, index_multisite
+from .dataset import CaseRecord, image_suffix, index_multisite
 from .errors import DataError
 
 SAVED_INDEX = "dataset_index.csv"
@@ -73,7 +73,7 @@ def read_saved_cases(path: str | os.PathLike) -> list[tuple[int, CaseRecord]]:
 def _has_site_cases(root: Path) -> bool:
     """True when some ``<root>/<SITE>/`` folder holds an image or label file."""
     return any(
-        any(p.is_file() and not p.name.startswith(".") and _suffix(p.name) for p in site.iterdir())
+        any(p.is_file() and not p.name.startswith(".") and image_suffix(p.name) for p in site.iterdir())
         for site in root.iterdir()
         if site.is_dir() and not site.name.startswith(".")
     )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ProstateKDLib.cli import main
+from training.cli import main
 from ProstateKDLib.dataset import CaseRecord, index_cases, load_case, read_case
 from ProstateKDLib.dataset_msd import index_msd, msd_default_channel
 from ProstateKDLib.dataset_saved import SAVED_INDEX

@@ -48,6 +48,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ProstateKDLib.dataset import image_suffix, is_label_name
 from ProstateKDLib.errors import BundleError, ConfigError, DataError, OutputError
 from .run_folder import check_output_folder, check_resumable_options, write_log_csv
 
@@ -169,19 +170,6 @@ class TargetImage:
     channel: int | None = None
 
 
-def _image_suffix(name: str) -> str | None:
-    from ProstateKDLib.dataset import IMAGE_SUFFIXES
-
-    return next((s for s in IMAGE_SUFFIXES if name.lower().endswith(s)), None)
-
-
-def _is_label_name(name: str) -> bool:
-    from ProstateKDLib.dataset import LABEL_TAG
-
-    suffix = _image_suffix(name)
-    return bool(suffix) and name[: -len(suffix)].lower().endswith(LABEL_TAG)
-
-
 def _sites_of_folder(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -190,8 +178,8 @@ def _target_images_in_folder(root: Path, site: str) -> list[TargetImage]:
     folder = root / site
     images = []
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        suffix = _image_suffix(path.name)
-        if suffix and not _is_label_name(path.name):
+        suffix = image_suffix(path.name)
+        if suffix and not is_label_name(path.name):
             images.append(TargetImage(f"{site}/{path.name[: -len(suffix)]}", site, path))
     return images
 
@@ -218,7 +206,7 @@ def _index_csv(path: Path, target_site: str) -> tuple[list[Any], list[TargetImag
         site = row.get("site") or "default"
         image = Path(row.get("image") or "").expanduser()
         image = image if image.is_absolute() else path.parent / image
-        suffix = _image_suffix(image.name)
+        suffix = image_suffix(image.name)
         case_id = f"{site}/{image.name[: -len(suffix)] if suffix else image.stem}"
         if not row.get("image") or not image.is_file():
             raise DataError(f"case {case_id}: image file not found: {image}")
@@ -296,8 +284,8 @@ def _source_cases_in_folder(root: Path, sites: Sequence[str]) -> list[Any]:
         folder = root / site
         files = {p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
         for name in sorted(files):
-            suffix = _image_suffix(name)
-            if suffix is None or _is_label_name(name):
+            suffix = image_suffix(name)
+            if suffix is None or is_label_name(name):
                 continue
             stem = name[: -len(suffix)]
             label = next((files[n] for n in files if n.lower() == f"{stem}{LABEL_TAG}{suffix}".lower()), None)
@@ -410,10 +398,10 @@ def _preprocess_target(image: TargetImage, meta: Any) -> Any:
     """The target image on the model grid, normalised: read exactly as inference reads it (no label)."""
     import torch
 
-    from ProstateKDLib.dataset import _read_image
+    from ProstateKDLib.dataset import read_image
     from ProstateKDLib.preprocessing import preprocess_image
 
-    volume = _read_image(image)  # uses only .image, .channel and .case_id
+    volume = read_image(image)  # uses only .image, .channel and .case_id
     tensor, _ = preprocess_image(volume, meta.orientation, meta.spacing, meta.normalization)
     return torch.as_tensor(tensor.as_tensor(), dtype=torch.float32).contiguous()
 
@@ -528,7 +516,7 @@ def _adapt(bundle: Any, data: Any, target_site: str, out_dir: Path, options: Ada
 
     from ProstateKDLib.bundle import save_bundle
     from ProstateKDLib.dataset import load_case
-    from ProstateKDLib.distillers._common import dice_ce_loss, dice_ce_terms
+    from training.distillers.parts import dice_ce_loss, dice_ce_terms
     from ProstateKDLib.networks import count_parameters
 
     from .checkpoint import LAST, atomic_save, capture_rng, load_checkpoint, restore_rng, seed_everything
@@ -659,7 +647,7 @@ def target_cases_with_labels(data: str | os.PathLike, target_site: str) -> list[
         images = _target_images_in_folder(path, target_site) if (path / target_site).is_dir() else []
         cases = []
         for image in images:
-            suffix = _image_suffix(image.image.name) or ""
+            suffix = image_suffix(image.image.name) or ""
             stem = image.image.name[: -len(suffix)]
             label = next((p for p in image.image.parent.iterdir()
                           if p.name.lower() == f"{stem}{LABEL_TAG}{suffix}".lower()), None)

@@ -12,7 +12,7 @@ file and the dotted key, with one of these messages::
 
 The ``distiller`` section holds ``name``, ``weights`` (one per loss term of the
 method) and the method's options (``temperature``, ``tau``, ...; see
-:attr:`ProstateKDLib.distillers.Distiller.options`). ``teachers`` lists model
+:attr:`training.distillers.Distiller.options`). ``teachers`` lists model
 bundles (paths or installed names), training runs (their ``bundle/``) or
 ``train-teacher`` folders (every teacher in its ``teachers.json``).
 
@@ -135,7 +135,7 @@ class DistillerConfig:
 
     def resolved_options(self) -> dict[str, Any]:
         """Every option of the method, defaults filled in."""
-        from ProstateKDLib.distillers import DISTILLERS
+        from training.distillers import DISTILLERS
 
         return DISTILLERS.get(self.name).check_options(self.options)
 
@@ -175,14 +175,14 @@ class Config:
                 out["data"].pop(key)
         if not out["teachers"]:
             out.pop("teachers")
-        return _plain(out)
+        return plain_data(out)
 
 
-def _plain(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_data(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_data(v) for v in value]
     return value
 
 
@@ -295,7 +295,7 @@ def _mapping(section: _Section, key: str, value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise section.error(key, f"must be a mapping, got {_show(value)}")
-    return _plain(value)
+    return plain_data(value)
 
 
 def _vector(length: int, kind: type) -> Callable[[_Section, str, Any], tuple]:
@@ -364,7 +364,7 @@ def _total_stride(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> tup
     return tuple(total)  # type: ignore[return-value]
 
 
-def _check_model(model: ModelConfig, patch: tuple[int, int, int], source: str) -> None:
+def check_model(model: ModelConfig, patch: tuple[int, int, int], source: str) -> None:
     from ProstateKDLib.networks import NETWORKS
 
     def fail(key: str, problem: str) -> ConfigError:
@@ -389,7 +389,7 @@ def _check_model(model: ModelConfig, patch: tuple[int, int, int], source: str) -
 
 
 def _check_distiller(distiller: DistillerConfig, source: str) -> None:
-    from ProstateKDLib.distillers import DISTILLERS
+    from training.distillers import DISTILLERS
 
     if distiller.name not in DISTILLERS:
         raise ConfigError(
@@ -418,7 +418,7 @@ def _check_distiller(distiller: DistillerConfig, source: str) -> None:
 
 
 def _check_teacher_count(distiller: DistillerConfig, teachers: tuple[str, ...], source: str) -> None:
-    from ProstateKDLib.distillers import DISTILLERS
+    from training.distillers import DISTILLERS
 
     cls = DISTILLERS.get(distiller.name)
     try:
@@ -570,7 +570,7 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
     distiller_cfg = DistillerConfig(
         name=s.get("name", _str(), "none"),
         weights=s.get("weights", _mapping, {}),
-        options={k: _plain(v) for k, v in s.data.items() if k not in ("name", "weights")},
+        options={k: plain_data(v) for k, v in s.data.items() if k not in ("name", "weights")},
     )
 
     s = _Section(top.get("export", _raw, None), "export.", source)
@@ -585,7 +585,7 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
     teachers = top.get("teachers", _teachers, ())
     top.finish()
 
-    _check_model(model_cfg, patch, source)
+    check_model(model_cfg, patch, source)
     _check_distiller(distiller_cfg, source)
     _check_teacher_count(distiller_cfg, teachers, source)
     return Config(data_cfg, model_cfg, pre_cfg, train_cfg, distiller_cfg, export_cfg, teachers, source)

@@ -51,13 +51,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ProstateKDLib.dataset import image_suffix, is_label_name
 from ProstateKDLib.errors import ConfigError, DataError, OutputError
 
 from .adapt import (
     TargetImage,
     TargetSampler,
-    _image_suffix,
-    _is_label_name,
     consistency_loss,
     consistency_rampup,
     intensity_view,
@@ -168,9 +167,9 @@ class CoteachOptions:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (tuples as lists)."""
-        from .config import _plain
+        from .config import plain_data
 
-        return _plain(asdict(self))
+        return plain_data(asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CoteachOptions":
@@ -244,7 +243,7 @@ def index_unlabelled(data: str | os.PathLike) -> list[TargetImage]:
                 continue
             image = Path(row.get("image") or "").expanduser()
             image = image if image.is_absolute() else path.parent / image
-            suffix = _image_suffix(image.name)
+            suffix = image_suffix(image.name)
             site = row.get("site") or "unlabelled"
             case_id = f"{site}/{image.name[: -len(suffix)] if suffix else image.stem}"
             if not row.get("image") or not image.is_file():
@@ -255,8 +254,8 @@ def index_unlabelled(data: str | os.PathLike) -> list[TargetImage]:
                                             if p.is_dir() and not p.name.startswith(".")]
         for folder, site in folders:
             for file in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-                suffix = _image_suffix(file.name)
-                if suffix and not _is_label_name(file.name):
+                suffix = image_suffix(file.name)
+                if suffix and not is_label_name(file.name):
                     images.append(TargetImage(f"{site}/{file.name[: -len(suffix)]}", site, file))
     else:
         raise DataError(f"unlabelled data not found: {data} (give a folder of images or a .csv with an image column)")
@@ -274,11 +273,11 @@ def _preprocess_unlabelled(image: TargetImage, config: Config) -> Any:
     """The image on the config's model grid, normalised (its label, if any, is not read)."""
     import torch
 
-    from ProstateKDLib.dataset import _read_image
+    from ProstateKDLib.dataset import read_image
     from ProstateKDLib.preprocessing import preprocess_image
 
     pre = config.preprocessing
-    volume = _read_image(image)  # uses only .image, .channel and .case_id
+    volume = read_image(image)  # uses only .image, .channel and .case_id
     tensor, _ = preprocess_image(volume, pre.orientation, pre.spacing, pre.normalization.as_dict())
     return torch.as_tensor(tensor.as_tensor(), dtype=torch.float32).contiguous()
 
@@ -286,12 +285,12 @@ def _preprocess_unlabelled(image: TargetImage, config: Config) -> Any:
 # ------------------------------------------------------------------ run folder
 def _check_large(config: Config, options: CoteachOptions) -> ModelConfig:
     """The large network as a model section, checked like the config's (arguments, patch divisibility)."""
-    from .config import _check_model
+    from .config import check_model
 
     large = ModelConfig(options.large_network, dict(options.large_kwargs), config.model.in_channels,
                         config.model.num_classes)
     try:
-        _check_model(large, tuple(config.preprocessing.patch_size), "coteach")
+        check_model(large, tuple(config.preprocessing.patch_size), "coteach")
     except ConfigError as exc:
         message = str(exc).replace("config coteach: ", f"coteach large network {large.network!r}: ")
         raise ConfigError(message.replace("key 'model.", "key '")) from None
@@ -419,13 +418,13 @@ def _coteach(config: Config, unlabelled: Any, out_dir: Path, options: CoteachOpt
 
     from ProstateKDLib.bundle import save_bundle
     from ProstateKDLib.dataset import load_case
-    from ProstateKDLib.distillers._common import dice_ce_loss, dice_ce_terms
+    from training.distillers.parts import dice_ce_loss, dice_ce_terms
     from ProstateKDLib.networks import build_network, count_parameters
 
     from .checkpoint import LAST, atomic_save, capture_rng, load_checkpoint, restore_rng, seed_everything
     from .runinfo import git_commit, machine_info, start_session, write_json
     from .sampling import PatchSampler
-    from .train import _nanmean, learning_rate, validate
+    from .train import nanmean, learning_rate, validate
 
     cfg_t = config.train
     config_record = config.to_dict()
@@ -543,7 +542,7 @@ def _coteach(config: Config, unlabelled: Any, out_dir: Path, options: CoteachOpt
         row: dict[str, Any] = {"epoch": epoch, "teacher": teacher_role,
                                **{k: v / steps_per_epoch for k, v in sums.items()}}
         for key in ROLES:
-            dice = _nanmean(validate(nets[key], val_volumes, pre.patch_size, device)) if val_volumes else None
+            dice = nanmean(validate(nets[key], val_volumes, pre.patch_size, device)) if val_volumes else None
             row[f"val_dice_{key}"] = None if dice is None else float(dice)
         row.update(lr=float(lr), seconds=time.perf_counter() - started)
         state["history"].append(row)

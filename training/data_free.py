@@ -140,7 +140,7 @@ def distil_data_free(
 
     from ProstateKDLib import __version__
     from ProstateKDLib.bundle import load_bundle, resolve_model, save_bundle
-    from ProstateKDLib.losses import SoftmaxKLDivLoss
+    from training.losses import SoftmaxKLDivLoss
     from ProstateKDLib.networks import build_network
 
     options = (options or DataFreeOptions(**option_values)).check()

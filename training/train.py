@@ -136,7 +136,7 @@ def validate(
     return scores
 
 
-def _nanmean(values: Sequence[float]) -> float | None:
+def nanmean(values: Sequence[float]) -> float | None:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else None
 
@@ -179,7 +179,7 @@ def _build(config: Config, teachers: Sequence[Any], device: Any) -> Any:
     """The distiller (student, frozen teachers, adapters) on ``device``; ConfigError when it cannot be built."""
     import torch
 
-    from ProstateKDLib.distillers import build_distiller
+    from training.distillers import build_distiller
     from ProstateKDLib.networks import build_network
 
     try:
@@ -254,7 +254,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
         sampler.load_state_dict(checkpoint["sampler_ranks"][ctx.rank] if per_rank else checkpoint["sampler"])
         restore_rng(checkpoint["rng_ranks"][ctx.rank] if per_rank else checkpoint["rng"])
         state = {k: checkpoint[k] for k in state}
-    from ProstateKDLib.distillers import TrainingContext
+    from training.distillers import TrainingContext
 
     distiller.prepare(TrainingContext(
         val_volumes=val_volumes, patch_size=tuple(config.preprocessing.patch_size), batch_size=cfg_t.batch_size,
@@ -321,7 +321,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
         row: dict[str, Any] = {"epoch": epoch, **dict(zip(keys, means)), "lr": lr}
         per_case = validate(distiller.student, val_volumes, config.preprocessing.patch_size, device, use_amp,
                             input_fn=distiller.student_input)
-        row["val_dice"] = _nanmean(per_case)
+        row["val_dice"] = nanmean(per_case)
         row["val_case_dice"] = {c.case_id: d for c, d in zip(val_cases, per_case)}
         row["seconds"] = time.perf_counter() - started
         state["history"].append(row)

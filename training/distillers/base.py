@@ -7,7 +7,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequenc
 
 import torch
 
-from ..registry import Registry
+from ProstateKDLib.registry import Registry
 
 DISTILLERS: Registry[type["Distiller"]] = Registry("distiller")
 

@@ -72,7 +72,7 @@ def mean_teacher_logits(teacher_logits: Sequence[torch.Tensor], temperature: flo
     """Logits ``z̄`` with ``softmax(z̄ / T) = mean_t softmax(z_t / T)``.
 
     ``z̄ = T · (logsumexp_t log_softmax(z_t / T) - log n)``, so
-    :class:`~ProstateKDLib.losses.SoftmaxKLDivLoss` with the same ``T`` compares the
+    :class:`~training.losses.SoftmaxKLDivLoss` with the same ``T`` compares the
     student with the plain average of the teachers' softened probabilities.
     """
     if len(teacher_logits) == 1:
@@ -106,8 +106,8 @@ def feature_layer_pair(
 ) -> tuple[list[str], list[str]]:
     """Student and teacher layers to match: the given lists, or the paired defaults.
 
-    Defaults: :func:`~ProstateKDLib.losses.default_feature_layers` of each network
-    (``which``), paired with :func:`~ProstateKDLib.losses.pair_feature_layers`.
+    Defaults: :func:`~training.losses.default_feature_layers` of each network
+    (``which``), paired with :func:`~training.losses.pair_feature_layers`.
 
     Raises:
         ValueError: lists of different lengths, or no defaults for a network.
