@@ -1,8 +1,14 @@
 """Which cases a run trains and validates on: the config's ``data`` section applied to a data set.
 
-Order: index ``data.root`` → keep ``data.sites`` → ``data.cases`` (round-robin
-over sites) → ``data.subset`` (one of K random disjoint subsets) → train/val
-split per site (``data.val_fraction``, ``data.seed``).
+Without a dataset index: index ``data.root`` → keep ``data.sites`` →
+``data.cases`` (round-robin over sites) → ``data.subset`` (one of K random
+disjoint subsets) → train/val split per site (``data.val_fraction``, ``data.seed``).
+
+With ``data.index`` (written by ``prostatekd prepare``): the training cases of
+fold ``data.fold`` → the same filters; validation on that fold's validation
+cases (of the kept sites). The index's test cases are never used, and a case
+that is both in the test split and in a training or validation list (a
+hand-edited or mismatched index) is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -56,20 +62,59 @@ def filter_cases(cases: Sequence[Any], data: DataConfig) -> list[Any]:
     return cases
 
 
+def check_no_test_leak(used: Sequence[Any], test: Sequence[Any], index: str) -> None:
+    """DataError if a training/validation case is a test case of ``index`` (same id or same image file)."""
+    test_ids = {c.case_id for c in test}
+    test_files = {str(c.image.resolve()) for c in test}
+    for case in used:
+        if case.case_id in test_ids or str(case.image.resolve()) in test_files:
+            raise DataError(
+                f"case {case.case_id} is in the test split of {index}; refusing to train or validate on it "
+                "(the index's splits overlap: rewrite it with 'prostatekd prepare')"
+            )
+
+
+def index_cases_of(config: Config) -> tuple[list[Any], list[Any]]:
+    """``(train, val)`` cases of fold ``data.fold`` of ``data.index`` (root: ``data.root``), leak-checked."""
+    from .prepare import index_split
+
+    data = config.data
+    assert data.index is not None
+    train, val, test = (index_split(data.index, split, data.fold, data.root) for split in ("train", "val", "test"))
+    check_no_test_leak(train + val, test, data.index)
+    return train, val
+
+
+def development_cases(config: Config) -> list[Any]:
+    """Every case a run of ``config`` may train or validate on, before ``data.sites``/``cases``/``subset``."""
+    from ProstateKDLib.dataset import index_cases
+
+    if config.data.index is not None:
+        train, val = index_cases_of(config)
+        return train + val
+    return index_cases(config.data.root)
+
+
 def select_cases(config: Config) -> tuple[list[Any], list[Any]]:
     """``(train, val)`` case records of a config (see the module docstring).
 
     Raises:
         DataError: unreadable data folder, missing site, or no training case.
     """
+    from dataclasses import replace
+
     from ProstateKDLib.dataset import index_cases, split_cases
 
-    cases = filter_cases(index_cases(config.data.root), config.data)
+    if config.data.index is not None:
+        train, val = index_cases_of(config)
+        train = filter_cases(train, config.data)
+        val = [c for c in val if config.data.sites is None or c.site in config.data.sites]
+    else:
+        cases = filter_cases(index_cases(config.data.root), config.data)
+        train, val = split_cases(cases, config.data.val_fraction, config.data.seed)
     if config.data.channels:  # multi-channel input (e.g. T2 + ADC for a cross-modality teacher)
-        from dataclasses import replace
-
-        cases = [replace(c, channels=tuple(config.data.channels)) for c in cases]
-    train, val = split_cases(cases, config.data.val_fraction, config.data.seed)
+        train = [replace(c, channels=tuple(config.data.channels)) for c in train]
+        val = [replace(c, channels=tuple(config.data.channels)) for c in val]
     if not train:
         raise DataError(f"no training cases in {config.data.root}")
     return train, val

@@ -57,6 +57,9 @@ class DataConfig:
     ``channels`` loads several channels of multi-channel images (e.g. ``[0, 1]`` = T2
     and ADC of the Decathlon prostate), each normalised on its own and stacked: what a
     ``cross_modality`` teacher sees (the student then picks ``distiller.student_channels``).
+    ``index`` (a dataset index written by ``prostatekd prepare``) replaces the folder scan:
+    the run trains on fold ``fold``'s training cases, validates on its validation cases, and
+    never sees the index's test cases (``root`` defaults to the index's data root).
     """
 
     root: str
@@ -66,6 +69,8 @@ class DataConfig:
     sites: tuple[str, ...] | None = None
     subset: SubsetConfig | None = None
     channels: tuple[int, ...] | None = None
+    index: str | None = None
+    fold: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,12 @@ class PreprocessingConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings."""
+    """Optimisation settings.
+
+    ``warmup_steps`` ramps the learning rate up linearly before the schedule;
+    ``grad_clip`` clips the gradient norm; ``val_overlap`` is the sliding-window
+    overlap of the per-epoch validation.
+    """
 
     epochs: int
     batch_size: int = 2
@@ -123,6 +133,9 @@ class TrainConfig:
     device: str = "auto"
     num_threads: int | None = None
     amp: bool = True
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    val_overlap: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -162,6 +175,7 @@ class Config:
     distiller: DistillerConfig
     export: ExportConfig
     teachers: tuple[str, ...] = ()
+    augmentation: Mapping[str, Any] | None = None
     source: str = field(default="<dict>", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,11 +184,21 @@ class Config:
         out.pop("source")
         options = out["distiller"].pop("options")
         out["distiller"].update(options)
-        for key in ("sites", "subset", "channels"):
+        for key in ("sites", "subset", "channels", "index"):
             if out["data"][key] is None:
                 out["data"].pop(key)
+        if "index" not in out["data"]:
+            out["data"].pop("fold")
+        if out["train"]["warmup_steps"] == 0:  # defaults of later keys are left out, so runs of
+            out["train"].pop("warmup_steps")    # earlier versions resume and configs stay as they were
+        if out["train"]["grad_clip"] is None:
+            out["train"].pop("grad_clip")
+        if out["train"]["val_overlap"] == 0.25:
+            out["train"].pop("val_overlap")
         if not out["teachers"]:
             out.pop("teachers")
+        if out["augmentation"] is None:
+            out.pop("augmentation")
         return plain_data(out)
 
 
@@ -503,6 +527,35 @@ def _expand_teacher(section: _Section, key: str, path: Path) -> list[str]:
     return [str(path)]
 
 
+def _index_root(section: _Section, key: str) -> str:
+    """The data root a dataset index records (absolute), for a config that gives only ``data.index``."""
+    from ProstateKDLib.errors import DataError
+
+    from .prepare import read_index
+
+    try:
+        index = read_index(key)
+    except DataError as exc:
+        raise section.error("data.index", f"is not usable: {exc}") from None
+    base = Path(index.get("root") or ".")
+    return str(base if base.is_absolute() else (Path(key).parent / base).absolute())
+
+
+def _augmentation(section: _Section, key: str, value: Any) -> dict[str, Any] | None:
+    """The ``augmentation`` section, checked and completed with defaults (see :mod:`training.augmentation`)."""
+    from .augmentation import AugmentationError, check_augmentation
+
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise section.error(key, f"must be a mapping, got {_show(value)}")
+    try:
+        return check_augmentation(plain_data(value))
+    except AugmentationError as exc:
+        sub, problem = exc.args
+        raise section.error(f"{key}.{sub}", problem) from None
+
+
 def config_from_dict(data: Any, source: str = "<dict>") -> Config:
     """Validate a decoded YAML mapping into a :class:`Config`.
 
@@ -514,14 +567,20 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
     top = _Section(data, "", source)
 
     s = _Section(top.get("data", _raw, None), "data.", source)
+    index = s.get("index", _optional(_resolve_root), None)
+    root = s.get("root", _resolve_root, None)
+    if root is None:  # required unless the index says where its cases are
+        root = _index_root(s, index) if index else s.get("root", _resolve_root)
     data_cfg = DataConfig(
-        root=s.get("root", _resolve_root),
+        root=root,
         val_fraction=s.get("val_fraction", _float(0.0, 1.0, high_open=True), 0.2),
         seed=s.get("seed", _int(0), 0),
         cases=s.get("cases", _optional(_int(1)), None),
         sites=s.get("sites", _sites, None),
         subset=s.get("subset", _subset, None),
         channels=s.get("channels", _channels, None),
+        index=index,
+        fold=s.get("fold", _int(0), 0),
     )
     s.finish()
 
@@ -563,6 +622,9 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
         device=s.get("device", _device, "auto"),
         num_threads=s.get("num_threads", _optional(_int(1)), None),
         amp=s.get("amp", _bool, True),
+        warmup_steps=s.get("warmup_steps", _int(0), 0),
+        grad_clip=s.get("grad_clip", _optional(_float(0.0, low_open=True)), None),
+        val_overlap=s.get("val_overlap", _float(0.0, 1.0, high_open=True), 0.25),
     )
     s.finish()
 
@@ -583,12 +645,13 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
     )
     s.finish()
     teachers = top.get("teachers", _teachers, ())
+    augmentation = top.get("augmentation", _augmentation, None)
     top.finish()
 
     check_model(model_cfg, patch, source)
     _check_distiller(distiller_cfg, source)
     _check_teacher_count(distiller_cfg, teachers, source)
-    return Config(data_cfg, model_cfg, pre_cfg, train_cfg, distiller_cfg, export_cfg, teachers, source)
+    return Config(data_cfg, model_cfg, pre_cfg, train_cfg, distiller_cfg, export_cfg, teachers, augmentation, source)
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

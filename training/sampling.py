@@ -29,6 +29,16 @@ INTENSITY_PROBABILITY = 0.5
 MAX_BACKGROUND_INDICES = 200_000
 
 
+def pad_by(tensor: torch.Tensor, margins: Sequence[int]) -> torch.Tensor:
+    """Pad a (C, X, Y, Z) tensor by ``margins[i]`` voxels on both sides of axis ``i`` (edge replication)."""
+    pads: list[int] = []
+    for margin in reversed([int(m) for m in margins]):
+        pads += [margin, margin]
+    if not any(pads):
+        return tensor
+    return F.pad(tensor[None].float(), pads, mode="replicate")[0].to(tensor.dtype)
+
+
 def pad_to(tensor: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Pad a (C, X, Y, Z) tensor symmetrically to at least ``size`` by edge replication.
 
@@ -52,6 +62,8 @@ class PatchSampler:
         positive_fraction: share of patches centred on gland voxels.
         seed: seed of the sampling generator.
         rank, world_size: this process's shard (DistributedSampler-like) under ``torchrun``.
+        augmentation: a checked ``augmentation`` config section (:mod:`training.augmentation`);
+            ``None`` keeps the light built-in augmentation (flip, intensity scale and shift).
     """
 
     def __init__(
@@ -62,6 +74,7 @@ class PatchSampler:
         seed: int | Sequence[int],
         rank: int = 0,
         world_size: int = 1,
+        augmentation: Any = None,
     ) -> None:
         from monai.transforms import RandCropByPosNegLabel
         from monai.transforms.utils import map_binary_to_indices
@@ -76,13 +89,22 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed if world_size == 1 else [*seeds, 1 + rank])
         self.order_rng = self.rng if world_size == 1 else np.random.default_rng(seeds)
         self._volumes: list[tuple[torch.Tensor, torch.Tensor, Any, Any]] = []
+        self._augment = None
+        crop = self.patch_size
+        if augmentation is not None:
+            from .augmentation import build_augmentation, crop_size
+
+            crop = crop_size(augmentation, self.patch_size)
+            self._augment = build_augmentation(augmentation, self.patch_size)
+        # every voxel of the volume can be a patch centre: pad by the crop's extra margin
+        margins = [(c - p + 1) // 2 for c, p in zip(crop, self.patch_size)]
         for image, label in volumes:
-            stacked = pad_to(torch.cat([image.float(), label.float()]), self.patch_size)
+            stacked = pad_to(pad_by(torch.cat([image.float(), label.float()]), margins), crop)
             fg, bg = map_binary_to_indices(stacked[-1:] > 0.5)
             bg = bg[:: max(1, len(bg) // MAX_BACKGROUND_INDICES)]  # evenly thinned: less memory
             self._volumes.append((stacked, stacked[-1:], fg, bg))
         self._cropper = RandCropByPosNegLabel(
-            spatial_size=self.patch_size,
+            spatial_size=crop,
             pos=positive_fraction,
             neg=1.0 - positive_fraction,
             num_samples=1,
@@ -122,6 +144,11 @@ class PatchSampler:
         self._cropper.set_random_state(seed=int(self.rng.integers(2**31)))
         crop = self._cropper(stacked, label=label, fg_indices=fg, bg_indices=bg)[0]
         crop = crop.as_tensor() if hasattr(crop, "as_tensor") else crop
+        if self._augment is not None:
+            from .augmentation import augment
+
+            out = augment(self._augment, {"image": crop[:-1], "label": crop[-1:]}, int(self.rng.integers(2**31)))
+            return out["image"].float().contiguous(), (out["label"] > 0.5).to(torch.uint8)
         if self.rng.random() < FLIP_PROBABILITY:
             crop = torch.flip(crop, dims=[1])
         image, target = crop[:-1].clone(), crop[-1:]  # image channels first, the label last

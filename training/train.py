@@ -75,11 +75,26 @@ def _check_resumable(config: Config, saved: dict[str, Any]) -> None:
                 )
 
 
-def learning_rate(base: float, schedule: str, step: int, total_steps: int) -> float:
-    """Learning rate at optimizer ``step`` (0-based) of ``total_steps``: ``poly`` or ``constant``."""
+def learning_rate(
+    base: float, schedule: str, step: int, total_steps: int, warmup_steps: int = 0,
+    anchor: dict[str, float] | None = None,
+) -> float:
+    """Learning rate at optimizer ``step`` (0-based) of ``total_steps``: ``poly`` or ``constant``.
+
+    The first ``warmup_steps`` ramp linearly up to ``base``. ``anchor``
+    (``{"step": s0, "lr": lr0}``) is set when a run is resumed with a different
+    length (``--resume --epochs N``): from ``s0`` on the poly curve decays from
+    ``lr0``, the rate the run had reached, to 0 at the new end, so the rate never jumps.
+    """
+    if step < warmup_steps:
+        return base * (step + 1) / warmup_steps
     if schedule == "constant":
         return base
-    return base * max(0.0, 1.0 - step / max(1, total_steps)) ** POLY_EXPONENT
+    if anchor is not None and step >= anchor["step"]:
+        remaining = max(1, total_steps - int(anchor["step"]))
+        return float(anchor["lr"]) * max(0.0, 1.0 - (step - anchor["step"]) / remaining) ** POLY_EXPONENT
+    decay = max(1, total_steps - warmup_steps)
+    return base * max(0.0, 1.0 - (step - warmup_steps) / decay) ** POLY_EXPONENT
 
 
 def _write_log(run_dir: Path, history: Sequence[dict[str, Any]], terms: Sequence[str]) -> None:
@@ -103,7 +118,7 @@ def _load_volumes(cases: Sequence[Any], config: Config, what: str, progress: boo
 
 def validate(
     network: Any, volumes: Sequence[tuple[Any, Any]], patch_size: Sequence[int], device: Any, amp: bool = False,
-    input_fn: Any = None,
+    input_fn: Any = None, overlap: float = INFERENCE_OVERLAP,
 ) -> list[float]:
     """Dice of the gland per volume: sliding-window (gaussian) argmax vs the label, model grid.
 
@@ -118,7 +133,7 @@ def validate(
     from monai.networks.utils import one_hot
 
     inferer = SlidingWindowInferer(
-        roi_size=tuple(patch_size), sw_batch_size=VAL_SW_BATCH_SIZE, overlap=INFERENCE_OVERLAP,
+        roi_size=tuple(patch_size), sw_batch_size=VAL_SW_BATCH_SIZE, overlap=overlap,
         mode=BLEND_MODE, padding_mode="replicate",
     )
     metric = DiceMetric(include_background=False, reduction="none")
@@ -214,6 +229,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
     main = ctx.is_main
     progress = progress and main
     _check_run_dir(run_dir, resume)
+    train_cases, val_cases = select_cases(config)  # a leaking index is refused before anything is written
     checkpoint = load_checkpoint(run_dir / LAST) if resume else None
     if checkpoint is not None:
         _check_resumable(config, checkpoint.get("config", {}))
@@ -225,7 +241,6 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
         torch.set_num_threads(cfg_t.num_threads)
     use_amp = cfg_t.amp and device.type == "cuda"
 
-    train_cases, val_cases = select_cases(config)
     teachers = load_teachers(config)
     seed_everything(cfg_t.seed)
     distiller = _build(config, teachers, device)
@@ -239,11 +254,13 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
     wants_val = main or distiller.needs_validation_data
     val_volumes = _load_volumes(val_cases, config, "validation cases", progress) if wants_val else []
     sampler = PatchSampler(train_volumes, config.preprocessing.patch_size, cfg_t.positive_fraction,
-                           seed=[cfg_t.seed, 1], rank=ctx.rank, world_size=ctx.world_size)
+                           seed=[cfg_t.seed, 1], rank=ctx.rank, world_size=ctx.world_size,
+                           augmentation=config.augmentation)
     steps_per_epoch = sampler.iterations(cfg_t.patches_per_volume, cfg_t.batch_size)
     total_steps = steps_per_epoch * cfg_t.epochs
 
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_dice": None, "best_epoch": None, "history": []}
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_dice": None, "best_epoch": None, "history": [],
+                             "lr_anchor": None}
     if checkpoint is not None:
         distiller.student.load_state_dict(checkpoint["model"])
         distiller.load_learned_state_dict(checkpoint.get("distiller", {}))
@@ -253,7 +270,14 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
         per_rank = len(checkpoint.get("sampler_ranks") or []) == ctx.world_size > 1
         sampler.load_state_dict(checkpoint["sampler_ranks"][ctx.rank] if per_rank else checkpoint["sampler"])
         restore_rng(checkpoint["rng_ranks"][ctx.rank] if per_rank else checkpoint["rng"])
-        state = {k: checkpoint[k] for k in state}
+        state = {k: checkpoint.get(k) for k in state}
+        saved_epochs = int(checkpoint.get("config", {}).get("train", {}).get("epochs", cfg_t.epochs))
+        if saved_epochs != cfg_t.epochs and cfg_t.lr_schedule != "constant" and state["step"] > 0:
+            # the run is extended (or shortened): continue the decay from the rate reached so far
+            last = state["step"] - 1
+            then = learning_rate(cfg_t.learning_rate, cfg_t.lr_schedule, last, steps_per_epoch * saved_epochs,
+                                 cfg_t.warmup_steps, state["lr_anchor"])
+            state["lr_anchor"] = {"step": state["step"], "lr": then}
     from training.distillers import TrainingContext
 
     distiller.prepare(TrainingContext(
@@ -298,7 +322,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
                    mininterval=1.0)
         lr = cfg_t.learning_rate
         for image, label in bar:
-            lr = learning_rate(cfg_t.learning_rate, cfg_t.lr_schedule, state["step"], total_steps)
+            lr = learning_rate(cfg_t.learning_rate, cfg_t.lr_schedule, state["step"], total_steps,
+                               cfg_t.warmup_steps, state["lr_anchor"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
@@ -307,6 +332,9 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
                 _, losses = step_fn(image.to(device), label.to(device))
                 loss = distiller.total_loss(losses)
             scaler.scale(loss).backward()
+            if cfg_t.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg_t.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             state["step"] += 1
@@ -320,7 +348,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
         means = all_reduce_mean(ctx, [sums[k] / steps_per_epoch for k in keys], device)
         row: dict[str, Any] = {"epoch": epoch, **dict(zip(keys, means)), "lr": lr}
         per_case = validate(distiller.student, val_volumes, config.preprocessing.patch_size, device, use_amp,
-                            input_fn=distiller.student_input)
+                            input_fn=distiller.student_input, overlap=cfg_t.val_overlap)
         row["val_dice"] = nanmean(per_case)
         row["val_case_dice"] = {c.case_id: d for c, d in zip(val_cases, per_case)}
         row["seconds"] = time.perf_counter() - started

@@ -64,9 +64,7 @@ def plan_subsets(config: Config, subsets: str) -> list[Subset]:
             restricts ``data.sites`` to one site / sets ``data.subset``.
         DataError: the data folder cannot be indexed.
     """
-    from ProstateKDLib.dataset import index_cases
-
-    from .cases import filter_cases
+    from .cases import development_cases, filter_cases
 
     mode, count = parse_subsets(subsets)
     if mode == "all":
@@ -74,7 +72,7 @@ def plan_subsets(config: Config, subsets: str) -> list[Subset]:
     if config.data.subset is not None:
         raise ConfigError(f"config {config.source}: key 'data.subset' must not be set with --subsets {subsets}")
     if mode == "per-site":
-        sites = sorted({c.site for c in filter_cases(index_cases(config.data.root), config.data)})
+        sites = sorted({c.site for c in filter_cases(development_cases(config), config.data)})
         if len(sites) < 2:
             raise ConfigError(f"--subsets per-site needs cases of 2 or more sites, found {', '.join(sites)}")
         return [Subset(site, {"sites": [site]}) for site in sites]

@@ -23,6 +23,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--device", help="override train.device: auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--data-root", help="override data.root")
+    parser.add_argument("--index", help="dataset index from 'prostatekd prepare': train on its training split, validate on its validation split, never touch its test split")
+    parser.add_argument("--fold", type=int, help="fold of the index (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     parser.set_defaults(func=run)
 

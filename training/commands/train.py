@@ -20,6 +20,8 @@ def add_parser(subparsers: Any) -> None:
     train.add_argument("--epochs", type=int, help="override train.epochs (e.g. to extend a resumed run)")
     train.add_argument("--device", help="override train.device: auto, cpu, cuda, cuda:N or mps")
     train.add_argument("--data-root", help="override data.root (folder of <SITE>/CaseNN.nii.gz, or a .csv)")
+    train.add_argument("--index", help="dataset index from 'prostatekd prepare': train on its training split, validate on its validation split, never touch its test split")
+    train.add_argument("--fold", type=int, help="fold of the index (default 0)")
     train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     train.set_defaults(func=run)
 
@@ -46,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["train.device"] = args.device
     if args.data_root is not None:
         overrides["data.root"] = args.data_root
+    if args.index is not None:
+        overrides["data.index"] = args.index
+    if args.fold is not None:
+        overrides["data.fold"] = args.fold
     if getattr(args, "teachers", None):
         overrides["teachers"] = list(args.teachers)
     config = load_config(config_path, overrides)

@@ -24,6 +24,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--device", help="override train.device: auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--data-root", help="override data.root")
+    parser.add_argument("--index", help="dataset index from 'prostatekd prepare': train on its training split, validate on its validation split, never touch its test split")
+    parser.add_argument("--fold", type=int, help="fold of the index (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train_teacher import format_listing, train_teachers
 
     overrides: dict[str, Any] = {}
-    for key, value in (("train.epochs", args.epochs), ("train.device", args.device), ("data.root", args.data_root)):
+    for key, value in (("train.epochs", args.epochs), ("train.device", args.device), ("data.root", args.data_root),
+                       ("data.index", args.index), ("data.fold", args.fold)):
         if value is not None:
             overrides[key] = value
     config = load_config(args.config, overrides)
