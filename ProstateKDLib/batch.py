@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .datasets.records import image_suffix as suffix_of_name
 from .errors import CancelledError, InputError, OutputError, ProstateKDError
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 MASK_MARKERS = ("_segmentation", ".seg", "_seg", "_mask", "_label")
 SUMMARY_FIELDS = ("case", "input", "output", "status", "volume_ml", "seconds", "warnings")
 DICOM_SUFFIXES = (".dcm", ".ima", "")
@@ -30,9 +30,8 @@ class BatchItem:
 
 
 def image_suffix(path: Path) -> str | None:
-    """The known image suffix of ``path`` (``.nii.gz`` before ``.gz``), or None."""
-    name = path.name.lower()
-    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
+    """The known image suffix of ``path`` (``ProstateKDLib.datasets.IMAGE_SUFFIXES``), or None."""
+    return suffix_of_name(path.name)
 
 
 def _is_mask_file(path: Path) -> bool:

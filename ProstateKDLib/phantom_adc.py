@@ -10,7 +10,7 @@ coarser diffusion acquisition, with Gaussian noise. Values are multiplied by
 T2, 1 = ADC) like the Decathlon Task05 prostate images, and
 :func:`write_two_channel_dataset` a whole Decathlon folder (``dataset.json``
 with ``modality {"0": "T2", "1": "ADC"}``) that
-:func:`~ProstateKDLib.dataset_msd.index_msd` and ``--channel`` read.
+:func:`~ProstateKDLib.datasets.index_msd` and ``--channel`` read.
 
 Synthetic test data, not physiology: never use it to claim accuracy.
 """

@@ -159,7 +159,7 @@ def test_cli_adapt_help_and_before_after_evaluation(student, data_root, tmp_path
 def test_resume_equals_uninterrupted_and_target_labels_are_not_opened(student, data_root, tmp_path, monkeypatch):
     import SimpleITK as sitk
 
-    import ProstateKDLib.dataset as dataset
+    import ProstateKDLib.datasets as dataset
     from training.adapt import adapt
     from training.checkpoint import load_checkpoint
 

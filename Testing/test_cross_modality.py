@@ -11,7 +11,6 @@ import torch
 
 from conftest import unet
 from training.distillers import DISTILLERS, build_distiller
-from ProstateKDLib.networks import build_network
 
 PATCH = (16, 16, 8)
 
@@ -163,8 +162,8 @@ def test_adc_phantom_lower_in_gland_and_same_grid():
 
 
 def test_two_channel_dataset_reads_per_channel_and_trains(tmp_path):
-    from ProstateKDLib.dataset import read_case
-    from ProstateKDLib.dataset_msd import index_msd
+    from ProstateKDLib.datasets import read_case
+    from ProstateKDLib.datasets import index_msd
     from ProstateKDLib.phantom_adc import write_two_channel_dataset
 
     records = write_two_channel_dataset(tmp_path, cases=1, seed=5, size=(48, 48, 12))

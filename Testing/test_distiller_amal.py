@@ -8,7 +8,6 @@ import torch
 from conftest import unet
 from training.distillers import TrainingContext, build_distiller
 from training.distillers.amal import per_sample_supervised_loss
-from ProstateKDLib.networks import build_network
 
 PATCH = (16, 16, 8)
 

@@ -15,7 +15,6 @@ from training.distillers import DISTILLERS, build_distiller
 from training.distillers.ctkd import cosine_lambda, reverse_gradient, tensor_temperature_kl
 from ProstateKDLib.errors import ConfigError, InputError
 from training.losses import SoftmaxKLDivLoss
-from ProstateKDLib.networks import build_network
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "training" / "configs" / "smoke.yaml"

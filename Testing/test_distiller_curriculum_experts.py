@@ -15,7 +15,6 @@ from training.distillers.curriculum_experts import (
     unlocked_experts,
 )
 from training.losses import SoftmaxKLDivLoss
-from ProstateKDLib.networks import build_network
 
 PATCH = (16, 16, 8)
 

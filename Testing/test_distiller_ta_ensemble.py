@@ -12,7 +12,6 @@ from conftest import FixedTeacher, batch, unet
 from training.distillers import DISTILLERS, TrainingContext, build_distiller
 from training.distillers import ta_ensemble
 from training.distillers.ta_ensemble import fit_ensemble_weights, weighted_teacher_logits
-from ProstateKDLib.networks import build_network
 
 PATCH = (16, 16, 8)
 

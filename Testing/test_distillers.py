@@ -13,7 +13,6 @@ import yaml
 from conftest import FixedTeacher, batch, unet
 from training.distillers import DISTILLERS, build_distiller
 from ProstateKDLib.errors import ConfigError
-from ProstateKDLib.networks import build_network
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "training" / "configs" / "smoke.yaml"

@@ -59,3 +59,53 @@ def test_library_never_imports_the_application():
     offenders = {m: sorted(i for i in imported if i.split(".")[0] == "training") for m, imported in graph.items()}
     offenders = {m: i for m, i in offenders.items() if i}
     assert not offenders, f"ProstateKDLib imports training: {offenders}"
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of ``graph`` with more than one module (or a self-import)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for other in sorted(graph.get(module, ())):
+            if other not in graph:
+                continue
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in on_stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                other = stack.pop()
+                on_stack.discard(other)
+                component.append(other)
+                if other == module:
+                    break
+            if len(component) > 1 or module in graph[module]:
+                circles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return circles
+
+
+def test_the_circle_finder_finds_lazy_circles():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_circles(graph) == [["a", "b", "c"]]
+    assert import_circles({"a": {"b"}, "b": set()}) == []
+
+
+@pytest.mark.parametrize("package", ["ProstateKDLib", "training"])
+def test_no_import_circle(package):
+    """Imports anywhere in a file count (a lazy import inside a function closes a circle too)."""
+    circles = import_circles(import_graph(package))
+    assert not circles, f"import circles in {package}: {circles}"

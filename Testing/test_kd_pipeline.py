@@ -64,7 +64,7 @@ def write_yaml(data: dict, path: Path) -> Path:
 # ------------------------------------------------------------------ the whole pipeline through the CLI
 def _split(data_root: Path, work: Path, main) -> tuple[Path, list, Path | None]:
     """(training case list .csv, test cases, dataset index or None): prepare's split when it exists."""
-    from ProstateKDLib.dataset import index_cases
+    from ProstateKDLib.datasets import index_cases
 
     try:
         from training.prepare import index_split
@@ -173,7 +173,7 @@ def test_train_teacher_checks(data_root, tmp_path, capsys):
     assert [s.name for s in plan_subsets(config, "all")] == ["all"]
     assert [s.data for s in plan_subsets(config, "per-site")] == [{"sites": ["BMC"]}, {"sites": ["RUNMC"]}]
     from training.cases import random_subset
-    from ProstateKDLib.dataset import index_cases
+    from ProstateKDLib.datasets import index_cases
 
     cases = index_cases(data_root)
     parts = [random_subset(cases, i, 3, seed=0) for i in range(3)]

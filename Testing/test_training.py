@@ -218,7 +218,7 @@ def test_none_distiller_terms_and_checks():
 
 def test_training_steps_lower_the_loss(data_root):
     """A few real optimisation steps on one preprocessed phantom patch lower Dice + CE."""
-    from ProstateKDLib.dataset import index_multisite, load_case
+    from ProstateKDLib.datasets import index_multisite, load_case
     from training.distillers import build_distiller
     from ProstateKDLib.networks import build_network
     from training.sampling import pad_to

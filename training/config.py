@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ProstateKDLib import checks
+from ProstateKDLib.checks import plain_data
 from ProstateKDLib.errors import ConfigError
 
 ORIENTATION_LETTERS = ("LR", "PA", "IS")
@@ -202,14 +203,6 @@ class Config:
         return plain_data(out)
 
 
-def plain_data(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): plain_data(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain_data(v) for v in value]
-    return value
-
-
 # ------------------------------------------------------------------ validation
 class _Section:
     """Reads one mapping of the YAML, failing with the dotted key."""
@@ -246,22 +239,27 @@ class _Section:
 
 
 def _show(value: Any) -> str:
-    return repr(value) if not isinstance(value, Mapping) else "a mapping"
+    return checks.show(value)
 
 
 def _raw(section: _Section, key: str, value: Any) -> Any:
     return value
 
 
-def _int(low: int | None = None) -> Callable[[_Section, str, Any], int]:
-    def check(section: _Section, key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise section.error(key, f"must be an integer, got {_show(value)}")
-        if low is not None and value < low:
-            raise section.error(key, f"must be at least {low}, got {value}")
-        return value
+def _checked(primitive: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[_Section, str, Any], Any]:
+    """A section check from a :mod:`ProstateKDLib.checks` primitive: its message, prefixed with the key."""
+
+    def check(section: _Section, key: str, value: Any) -> Any:
+        try:
+            return primitive(value, *args, **kwargs)
+        except ValueError as exc:
+            raise section.error(key, str(exc)) from None
 
     return check
+
+
+def _int(low: int | None = None) -> Callable[[_Section, str, Any], int]:
+    return _checked(checks.integer, low)
 
 
 def _optional(check: Callable[[_Section, str, Any], Any]) -> Callable[[_Section, str, Any], Any]:
@@ -273,45 +271,15 @@ def _optional(check: Callable[[_Section, str, Any], Any]) -> Callable[[_Section,
 
 def _float(low: float | None = None, high: float | None = None, low_open: bool = False,
            high_open: bool = False) -> Callable[[_Section, str, Any], float]:
-    if high is None:
-        interval = f"{'>' if low_open else '>='} {low:g}"
-    else:
-        interval = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-
-    def check(section: _Section, key: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise section.error(key, f"must be a number, got {_show(value)}")
-        value = float(value)
-        too_low = low is not None and (value <= low if low_open else value < low)
-        too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high:
-            raise section.error(key, f"must be {interval}, got {value:g}")
-        return value
-
-    return check
+    return _checked(checks.number, low, high, low_open, high_open)
 
 
-def _bool(section: _Section, key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise section.error(key, f"must be true or false, got {_show(value)}")
-    return value
+_bool = _checked(checks.boolean)
+_text = _checked(checks.text, non_empty=False)
 
 
 def _str(choices: tuple[str, ...] | None = None) -> Callable[[_Section, str, Any], str]:
-    def check(section: _Section, key: str, value: Any) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise section.error(key, f"must be a non-empty string, got {_show(value)}")
-        if choices is not None and value not in choices:
-            raise section.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    return check
-
-
-def _text(section: _Section, key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise section.error(key, f"must be a string, got {_show(value)}")
-    return value
+    return _checked(checks.text, choices)
 
 
 def _mapping(section: _Section, key: str, value: Any) -> dict[str, Any]:

@@ -43,15 +43,14 @@ may change.
 from __future__ import annotations
 
 import copy
-import csv
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ProstateKDLib.dataset import image_suffix, is_label_name
+from ProstateKDLib import checks
+from ProstateKDLib.datasets import image_suffix, is_label_name, read_csv_rows, resolve
 from ProstateKDLib.errors import ConfigError, DataError, OutputError
 
 from .adapt import (
@@ -82,14 +81,6 @@ def large_unet_kwargs(channels: Sequence[int] = DEFAULT_LARGE_CHANNELS) -> dict[
     """Residual UNet kwargs with ``channels`` and stride 2 between levels (the CLI's ``--large-channels``)."""
     channels = [int(c) for c in channels]
     return {"channels": channels, "strides": [2] * (len(channels) - 1), "num_res_units": 1}
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int)
 
 
 @dataclass(frozen=True)
@@ -141,33 +132,25 @@ class CoteachOptions:
         if not isinstance(self.large_kwargs, Mapping):
             raise fail("large_kwargs", "a mapping of network arguments")
         object.__setattr__(self, "large_kwargs", copy.deepcopy(dict(self.large_kwargs)))
-        for name in ("epochs", "unlabelled_batch_size", "num_threads"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
-                raise fail(name, "an integer >= 1 or None")
-        if not _is_int(self.alternate_every) or self.alternate_every < 1:
-            raise fail("alternate_every", "an integer >= 1")
-        if not _is_int(self.rampup_epochs) or self.rampup_epochs < 0:
-            raise fail("rampup_epochs", "an integer >= 0")
-        if not _is_number(self.confidence) or not 0.0 < self.confidence <= 1.0:
-            raise fail("confidence", "a number in (0, 1]")
-        for name in ("consistency_weight", "pseudo_weight", "noise_std"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
-                raise fail(name, "a number >= 0")
+        optional_1 = lambda v: checks.optional_integer_at_least(v, 1)  # noqa: E731
+        rules: dict[str, Any] = {"epochs": optional_1, "unlabelled_batch_size": optional_1, "num_threads": optional_1,
+                                 "alternate_every": lambda v: checks.integer_at_least(v, 1),
+                                 "rampup_epochs": lambda v: checks.integer_at_least(v, 0),
+                                 "confidence": lambda v: checks.number_in(v, 0.0, 1.0, low_open=True)}
+        rules.update(dict.fromkeys(("consistency_weight", "pseudo_weight", "noise_std"), checks.non_negative_number))
+        rules.update({"scale_range": checks.number_range, "shift_range": checks.number_range})
+        checks.check_options(self, "coteach", rules)
         for name in ("scale_range", "shift_range"):
-            value = getattr(self, name)
-            if (not isinstance(value, (list, tuple)) or len(value) != 2 or not all(_is_number(v) for v in value)
-                    or value[0] > value[1]):
-                raise fail(name, "[low, high] with low <= high")
-            object.__setattr__(self, name, (float(value[0]), float(value[1])))
-        if self.scale_range[0] <= 0:
-            raise fail("scale_range", "positive")
-        if self.device is not None and (not isinstance(self.device, str) or not self.device):
-            raise fail("device", "a device name (auto, cpu, cuda, cuda:N or mps) or None")
+            object.__setattr__(self, name, checks.number_range(getattr(self, name)))
+        checks.check_options(self, "coteach", {
+            "scale_range": lambda v: checks.need(v[0] > 0, "positive", v),
+            "device": lambda v: checks.need(v is None or (isinstance(v, str) and bool(v)),
+                                            "a device name (auto, cpu, cuda, cuda:N or mps) or None", v),
+        })
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (tuples as lists)."""
-        from .config import plain_data
+        from ProstateKDLib.checks import plain_data
 
         return plain_data(asdict(self))
 
@@ -232,17 +215,13 @@ def index_unlabelled(data: str | os.PathLike) -> list[TargetImage]:
     if str(data).lower().endswith(".csv"):
         if not path.is_file():
             raise DataError(f"unlabelled case list not found: {path}")
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+        columns, rows = read_csv_rows(path)
         if "image" not in columns:
             raise DataError(f"unlabelled case list {path.name}: missing column 'image'")
         for row in rows:
             if not any(row.values()):
                 continue
-            image = Path(row.get("image") or "").expanduser()
-            image = image if image.is_absolute() else path.parent / image
+            image = resolve(path.parent, row.get("image") or "")
             suffix = image_suffix(image.name)
             site = row.get("site") or "unlabelled"
             case_id = f"{site}/{image.name[: -len(suffix)] if suffix else image.stem}"
@@ -273,7 +252,7 @@ def _preprocess_unlabelled(image: TargetImage, config: Config) -> Any:
     """The image on the config's model grid, normalised (its label, if any, is not read)."""
     import torch
 
-    from ProstateKDLib.dataset import read_image
+    from ProstateKDLib.datasets import read_image
     from ProstateKDLib.preprocessing import preprocess_image
 
     pre = config.preprocessing
@@ -417,7 +396,7 @@ def _coteach(config: Config, unlabelled: Any, out_dir: Path, options: CoteachOpt
     from tqdm.auto import tqdm
 
     from ProstateKDLib.bundle import save_bundle
-    from ProstateKDLib.dataset import load_case
+    from ProstateKDLib.datasets import load_case
     from training.distillers.parts import dice_ce_loss, dice_ce_terms
     from ProstateKDLib.networks import build_network, count_parameters
 

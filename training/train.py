@@ -106,7 +106,7 @@ def _write_log(run_dir: Path, history: Sequence[dict[str, Any]], terms: Sequence
 def _load_volumes(cases: Sequence[Any], config: Config, what: str, progress: bool) -> list[tuple[Any, Any]]:
     from tqdm.auto import tqdm
 
-    from ProstateKDLib.dataset import load_case
+    from ProstateKDLib.datasets import load_case
 
     pre = config.preprocessing
     norm = pre.normalization.as_dict()

@@ -30,7 +30,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from ..losses import SoftmaxKLDivLoss
-from .parts import dice_ce_loss, dice_ce_terms, positive_number
+from ProstateKDLib.checks import positive_number
+from .parts import dice_ce_loss, dice_ce_terms
 from .base import DISTILLERS, Distiller, Option
 
 DEFAULT_STUDENT_CHANNELS = (0,)  # T2 in the Decathlon prostate layout (0: T2, 1: ADC)

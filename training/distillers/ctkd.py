@@ -32,7 +32,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .parts import choice, dice_ce_loss, dice_ce_terms, non_negative_number, positive_number
+from ProstateKDLib.checks import choice, non_negative_number, positive_number
+from .parts import dice_ce_loss, dice_ce_terms
 from .base import DISTILLERS, Distiller, Option
 
 TEMPERATURE_MODES = ("global", "class")

@@ -39,7 +39,7 @@ from typing import Any, Iterable, Mapping
 import torch
 import torch.nn.functional as F
 
-from .parts import choice
+from ProstateKDLib.checks import choice
 from .feature_kd import FEATURE_OPTIONS, FeatureKD
 from .base import DISTILLERS, Option
 from .multi_teacher_adaptive import DICE_SMOOTH, teacher_reliability

@@ -21,15 +21,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from ..losses import FeatureDistillationLoss, FeatureHooks, LovaszSoftmaxLoss, SoftmaxKLDivLoss, dice_loss
-from .parts import (
-    FEATURE_LAYER_CHOICES,
-    FEATURE_NORMALIZE_CHOICES,
-    choice,
-    feature_layer_pair,
-    layer_names,
-    positive_number,
-    unique,
-)
+from ProstateKDLib.checks import choice, module_names, positive_number
+from .parts import FEATURE_LAYER_CHOICES, FEATURE_NORMALIZE_CHOICES, feature_layer_pair, unique
 from .base import Distiller, Option
 
 FEATURE_OPTIONS: dict[str, Option] = {
@@ -38,8 +31,8 @@ FEATURE_OPTIONS: dict[str, Option] = {
         "all", choice(*FEATURE_LAYER_CHOICES),
         "default layers to match: all (bottleneck + decoder stages), bottleneck or decoder",
     ),
-    "student_layers": Option(None, layer_names, "student module names (overrides feature_layers)"),
-    "teacher_layers": Option(None, layer_names, "teacher module names, one per student layer"),
+    "student_layers": Option(None, module_names, "student module names (overrides feature_layers)"),
+    "teacher_layers": Option(None, module_names, "teacher module names, one per student layer"),
     "feature_normalize": Option(
         "none", choice(*FEATURE_NORMALIZE_CHOICES),
         "none: MSE of adapted features; l2: channel-normalised; attention: spatial attention maps",

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from ..losses import SoftmaxKLDivLoss
-from .parts import dice_ce_loss, dice_ce_terms, mean_teacher_logits, positive_number
+from ProstateKDLib.checks import positive_number
+from .parts import dice_ce_loss, dice_ce_terms, mean_teacher_logits
 from .base import DISTILLERS, Distiller, Option
 
 

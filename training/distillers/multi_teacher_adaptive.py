@@ -33,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .parts import choice, non_negative_number, positive_number
+from ProstateKDLib.checks import choice, non_negative_number, positive_number
 from .feature_kd import FEATURE_OPTIONS, FeatureKD
 from .base import DISTILLERS, Option
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import LovaszSoftmaxLoss, SoftmaxKLDivLoss, dice_loss
-from .parts import positive_number
+from ProstateKDLib.checks import positive_number
 from .base import DISTILLERS, Distiller, Option, TrainingContext
 
 # Sliding-window settings of training.train.validate (mirrored, not imported: the library

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from ProstateKDLib.bundle import load_bundle
-    from ProstateKDLib.dataset import read_case_csv
+    from ProstateKDLib.datasets import read_case_csv
     from ProstateKDLib.errors import DataError
     from training.data_free import distil_data_free
     from training.recipes.compare_kd import PHANTOM_NOTE, evaluate_all

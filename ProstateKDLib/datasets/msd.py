@@ -6,7 +6,7 @@ Prostate: ``{"0": "T2", "1": "ADC"}``, 4D images) and the label names in
 ``labels`` (Task05: ``{"0": "background", "1": "PZ", "2": "TZ"}``). Cases get
 the id ``<site>/<image stem>``; the site is ``MSD`` unless a training entry
 has a ``site`` key. The zones are merged to gland by the readers of
-:mod:`~ProstateKDLib.dataset` like every other label.
+:mod:`~ProstateKDLib.datasets` like every other label.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .dataset import CaseRecord, image_suffix
-from .errors import DataError
+from ..errors import DataError
+from .records import CaseRecord, image_suffix
 
 MSD_DESCRIPTOR = "dataset.json"
 MSD_SITE = "MSD"
