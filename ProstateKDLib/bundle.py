@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .bundle_format import BundleMeta, parse_model_json
 from .errors import BundleError, OutputError
@@ -224,11 +224,14 @@ def save_bundle(
     model_json: Mapping[str, Any],
     state_dict: Mapping[str, Any],
     overwrite: bool = False,
+    finish: Callable[[Path], Any] | None = None,
 ) -> ModelBundle:
     """Write a bundle folder atomically (validated ``model.json`` + safetensors weights).
 
     The weights are checked against the network first, so a bundle written
-    here always loads.
+    here always loads. ``finish`` is called with the still temporary folder
+    before it becomes ``outdir`` (e.g. :func:`~ProstateKDLib.onnx_export.add_onnx_export`);
+    if it raises, nothing is written.
 
     Raises:
         BundleError: ``model_json`` is invalid or does not match ``state_dict``.
@@ -252,6 +255,8 @@ def save_bundle(
         (tmp / meta.weights).write_bytes(save_safetensors(tensors))
         (tmp / "model.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         load_bundle(tmp).build_network()  # refuses weights that do not match
+        if finish is not None:
+            finish(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         if outdir.exists():
             shutil.rmtree(outdir)

@@ -11,7 +11,9 @@ weights file it names. Format version 1::
       "input": {"channels": ["T2"], "orientation": "RAS",
                 "spacing": [0.8, 0.8, 3.0], "patch_size": [128, 128, 32],
                 "normalization": {"name": "zscore", "clip_percentiles": [0.5, 99.5]}},
-      "inference": {"overlap": 0.25, "blend_mode": "gaussian", "sw_batch_size": 1},
+      "inference": {"overlap": 0.25, "blend_mode": "gaussian", "sw_batch_size": 1,
+                    "whole_volume_voxels": 4194304},
+      "onnx": {"file": "model.onnx", "weights_sha256": "<sha256 of model.safetensors>", "opset": 17},
       "labels": [{"value": 1, "name": "Prostate", "color": [0.902, 0.62, 0.549],
                   "terminology": {"category": ["SCT", "123037004", "Anatomical Structure"],
                                   "type": ["SCT", "41216001", "Prostate"]}}],
@@ -23,7 +25,10 @@ weights file it names. Format version 1::
 
 ``provenance`` must hold the five keys shown; ``prostatekd export`` adds
 ``validation``, ``epochs_trained``, ``checkpoint_epoch``, ``git_commit``,
-``software_version`` and ``parameters``. Spacing and patch size are in the (x, y, z) order of the oriented volume
+``software_version`` and ``parameters``. ``inference.whole_volume_voxels`` (optional)
+is the largest padded model-grid volume run in one pass instead of a sliding window (0,
+the default: always slide; set it only where the masks agree with the sliding window's). ``onnx`` (optional) names the network's ONNX export and the SHA-256 of
+the weights file it was exported from, so a stale export is refused. Spacing and patch size are in the (x, y, z) order of the oriented volume
 (``orientation`` axis codes, MONAI convention). Every missing or wrong field
 raises :class:`~ProstateKDLib.errors.BundleError` naming the field.
 """
@@ -39,6 +44,9 @@ from .errors import BundleError
 FORMAT_VERSION = 1
 NORMALIZATIONS = ("zscore", "none")
 BLEND_MODES = ("gaussian", "constant")
+# Off unless a bundle opts in: a network trained on patches with instance normalisation
+# can see a whole volume differently (benchmarks/inference_agreement.py measures it).
+DEFAULT_WHOLE_VOLUME_VOXELS = 0
 PROVENANCE_FIELDS = ("training_data", "method", "teachers", "validation_dice", "date")
 _MISSING = object()
 
@@ -77,6 +85,9 @@ class BundleMeta:
     license: str
     provenance: Mapping[str, Any]
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    whole_volume_voxels: int = DEFAULT_WHOLE_VOLUME_VOXELS
+    onnx_file: str | None = None
+    onnx_weights_sha256: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -175,6 +186,15 @@ def parse_model_json(data: Any, source: str = "model.json") -> BundleMeta:
     blend_mode = r.get("inference.blend_mode", str, "gaussian")
     if blend_mode not in BLEND_MODES:
         raise r.fail("inference.blend_mode", f"must be one of {', '.join(BLEND_MODES)}, got {blend_mode!r}")
+    whole_volume_voxels = r.get("inference.whole_volume_voxels", int, DEFAULT_WHOLE_VOLUME_VOXELS)
+    if whole_volume_voxels < 0:
+        raise r.fail("inference.whole_volume_voxels", f"must be >= 0, got {whole_volume_voxels}")
+    onnx_file, onnx_sha = None, None
+    if "onnx" in data:
+        onnx_file = r.get("onnx.file", str)
+        onnx_sha = r.get("onnx.weights_sha256", str).lower()
+        if len(onnx_sha) != 64 or any(c not in "0123456789abcdef" for c in onnx_sha):
+            raise r.fail("onnx.weights_sha256", f"must be 64 hex digits, got {onnx_sha!r}")
     labels_raw = r.get("labels", list)
     if not labels_raw:
         raise r.fail("labels", "must list at least one label")
@@ -213,6 +233,9 @@ def parse_model_json(data: Any, source: str = "model.json") -> BundleMeta:
         license=r.get("license", str),
         provenance=dict(provenance),
         raw=dict(data),
+        whole_volume_voxels=whole_volume_voxels,
+        onnx_file=onnx_file,
+        onnx_weights_sha256=onnx_sha,
     )
 
 

@@ -15,6 +15,12 @@ class ProstateKDError(Exception):
     exit_code: int = 1
 
 
+class UsageError(ProstateKDError):
+    """The command line is inconsistent (a bad option value, a missing argument)."""
+
+    exit_code = 2
+
+
 class InputError(ProstateKDError):
     """The input image is missing, unreadable or not a usable 3D MRI volume."""
 
@@ -55,3 +61,9 @@ class CancelledError(ProstateKDError):
     """The user cancelled a long-running operation."""
 
     exit_code = 130
+
+
+class UsageError(ProstateKDError):
+    """The command line is inconsistent (options that do not go together)."""
+
+    exit_code = 2

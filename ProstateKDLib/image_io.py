@@ -12,7 +12,6 @@ import gzip
 import math
 import os
 import re
-import secrets
 import struct
 import zlib
 from pathlib import Path
@@ -22,7 +21,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, OutputError
+from .native_stderr import captured_native_stderr, first_native_line
+from .nifti_header import nifti_pixdim, spacing_is_missing
 from .seg_nrrd import PROSTATE_SEGMENT, SegmentInfo, slicer_segmentation_metadata
+from .temp_files import temporary_path
 
 __all__ = [
     "OUTPUT_SUFFIXES",
@@ -64,13 +66,15 @@ def _is_dicom_file(path: Path) -> bool:
 
 # --------------------------------------------------------------------- reading
 def read_volume(
-    path: str | os.PathLike, channel: int | None = None, series_uid: str | None = None
+    path: str | os.PathLike, channel: int | None = None, series: str | int | None = None
 ) -> sitk.Image:
     """Read a NIfTI, NRRD, MHA/MHD file or DICOM series folder as a 3D float32 image.
 
-    Geometry (origin, spacing, direction) is kept exactly. A folder is read as a
-    DICOM series: ``series_uid`` picks one, otherwise the series with the most
-    files (first one on a tie). A single DICOM file is read as it is.
+    Geometry (origin, spacing, direction) is kept exactly. A folder (searched
+    recursively) is read as a DICOM series: ``series`` (SeriesInstanceUID or
+    SeriesNumber) picks one, otherwise the only series or the axial T2, as
+    :func:`~ProstateKDLib.dicom_series.choose_series` decides. A single DICOM
+    file is read as it is.
     Multi-channel images (4D, or vector voxels) need ``channel``; the 3D
     geometry of a 4D image is that of its first three axes. The result is
     checked with :func:`validate_volume` (``name`` = the path).
@@ -80,11 +84,15 @@ def read_volume(
 
             - ``input not found: <path>``
             - ``cannot read <path>: not a readable NIfTI, NRRD, MHA/MHD or DICOM image``
-            - ``cannot read <path>: the file is damaged or truncated``
+            - ``cannot read <path>: the file is damaged or truncated`` (followed by ITK's own
+              reason in brackets when it printed one, e.g. ``(MetaImage: Read: Cannot open data file)``;
+              ITK's console output is captured, never shown)
+            - ``<path> has implausible voxel spacing (0.5, 0.5, 0) mm; expected 0.05-20 mm per axis``
+              (also for a zero NIfTI ``pixdim``, which ITK would read as 1 mm)
             - ``cannot read <path>: NIfTI-2 is not supported; save it as NIfTI-1``
             - ``cannot read <path>: its orientation matrix is not orthonormal (sheared)``
-            - ``no DICOM series found in folder <path>``
-            - ``DICOM series <uid> not found in folder <path>; it holds <uid>, <uid>``
+            - any message of :func:`~ProstateKDLib.dicom_series.choose_series` (series not found,
+              no axial T2 among several series, ...)
             - ``DICOM series in <path> mixes slice orientations (a localizer?); a single 3D stack is needed``
             - ``DICOM series in <path> has images without ImagePositionPatient/ImageOrientationPatient``
             - ``DICOM series in <path> has <n> images at <m> slice positions (several echoes, b-values or
@@ -102,12 +110,12 @@ def read_volume(
     path = _check_path_arg(path, "path")
     if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int)):
         raise TypeError(f"channel must be an int or None, got {type(channel).__name__}")
-    if series_uid is not None and not isinstance(series_uid, str):
-        raise TypeError(f"series_uid must be a str or None, got {type(series_uid).__name__}")
+    if series is not None and (isinstance(series, bool) or not isinstance(series, (str, int))):
+        raise TypeError(f"series must be a str, an int or None, got {type(series).__name__}")
     if not path.exists():
         raise InputError(f"input not found: {path}")
     if path.is_dir():
-        image, hint = _read_dicom_series(path, series_uid), ""
+        image, hint = _read_dicom_series(path, series), ""
     else:
         image = _read_file(path)
         hint = " (pass the DICOM series folder, not one file)" if _is_dicom_file(path) else ""
@@ -117,6 +125,26 @@ def read_volume(
 
 
 def _read_file(path: Path) -> sitk.Image:
+    with captured_native_stderr() as native:  # ITK/MetaIO console text: kept out of stderr
+        try:
+            return _read_file_quietly(path)
+        except InputError as error:
+            failure = error
+    detail = first_native_line(native)
+    if detail and str(failure).endswith("damaged or truncated"):
+        raise InputError(f"{failure} ({detail})") from None
+    raise failure
+
+
+def _implausible_spacing(path: Path | str, spacing: Sequence[float]) -> InputError:
+    low, high = SPACING_RANGE_MM
+    return InputError(
+        f"{path} has implausible voxel spacing ({', '.join(f'{s:g}' for s in spacing)}) mm; "
+        f"expected {low:g}-{high:g} mm per axis"
+    )
+
+
+def _read_file_quietly(path: Path) -> sitk.Image:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -125,6 +153,11 @@ def _read_file(path: Path) -> sitk.Image:
         if _is_nifti2(path):
             raise InputError(f"cannot read {path}: NIfTI-2 is not supported; save it as NIfTI-1") from None
         raise InputError(_read_error(path, error, "not a readable NIfTI, NRRD, MHA/MHD or DICOM image")) from None
+    header_spacing = tuple(reader.GetSpacing())[:3]
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        header_spacing = nifti_pixdim(path) or header_spacing  # ITK shows a zero pixdim as 1 mm
+    if spacing_is_missing(header_spacing):
+        raise _implausible_spacing(path, header_spacing)
     try:
         image = reader.Execute()
     except RuntimeError as error:
@@ -209,22 +242,15 @@ def _read_error(path: Path, error: RuntimeError, default: str) -> str:
     return f"cannot read {path}: {default}"
 
 
-def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
+def _read_dicom_series(folder: Path, series: str | None) -> sitk.Image:
+    from .dicom_series import choose_series
+
+    files = [str(f) for f in choose_series(folder, series).series.files]
     warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warns on stderr; we report ourselves
     try:
-        series_ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-        if not series_ids:
-            raise InputError(f"no DICOM series found in folder {folder}")
-        files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series_ids}
-        if series_uid is None:
-            series_uid = max(series_ids, key=lambda uid: len(files[uid]))
-        elif series_uid not in files:
-            raise InputError(
-                f"DICOM series {series_uid} not found in folder {folder}; it holds {', '.join(series_ids)}"
-            )
         reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files[series_uid])
+        reader.SetFileNames(files)
         reader.MetaDataDictionaryArrayUpdateOn()
         try:
             image = reader.Execute()
@@ -232,8 +258,8 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
             raise InputError(_read_error(folder, error, "the file is damaged or truncated")) from None
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
-    if len(files[series_uid]) > 1:
-        _check_dicom_stack(reader, len(files[series_uid]), folder)
+    if len(files) > 1:
+        _check_dicom_stack(reader, len(files), folder)
     return image
 
 
@@ -328,10 +354,7 @@ def validate_volume(image: sitk.Image, name: str = "input") -> None:
     spacing = image.GetSpacing()
     low, high = SPACING_RANGE_MM
     if not all(math.isfinite(s) and low <= s <= high for s in spacing):
-        raise InputError(
-            f"{name} has implausible voxel spacing ({', '.join(f'{s:g}' for s in spacing)}) mm; "
-            f"expected {low:g}-{high:g} mm per axis"
-        )
+        raise _implausible_spacing(name, spacing)
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
     orthonormal = np.allclose(direction.T @ direction, np.eye(3), atol=_ORTHONORMAL_TOL)
     if not np.all(np.isfinite(direction)) or not orthonormal:
@@ -426,8 +449,7 @@ def write_mask(
     if suffix == ".seg.nrrd":
         for key, value in slicer_segmentation_metadata(image, list(segments or [PROSTATE_SEGMENT])).items():
             image.SetMetaData(key, value)
-    stem = target.name[: len(target.name) - len(suffix)]
-    temporary = target.with_name(f".{stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+    temporary = temporary_path(target, suffix)
     try:
         sitk.WriteImage(image, str(temporary), useCompression=True)
         with open(temporary, "rb+") as handle:

@@ -10,24 +10,22 @@ import numpy as np
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep only the largest 3D connected component (26-connectivity) of each label.
 
-    Uses ``scipy.ndimage.label`` (MONAI's transform would add scikit-image as a
-    dependency for the same result); an empty mask stays empty.
+    Uses SimpleITK's ``ConnectedComponent`` (fully connected) and
+    ``RelabelComponent`` (largest first): the same components as
+    ``scipy.ndimage.label`` with a 3x3x3 structure, without importing scipy
+    (0.2 s of a segmentation command). An empty mask stays empty.
     """
-    from scipy import ndimage
+    import SimpleITK as sitk
 
     if mask.ndim != 3:
         raise ValueError(f"mask must be 3D, got shape {mask.shape}")
     out = np.zeros_like(mask)
-    structure = np.ones((3, 3, 3), dtype=bool)
     for value in np.unique(mask):
         if value == 0:
             continue
-        components, count = ndimage.label(mask == value, structure=structure)
-        if count == 0:
-            continue
-        sizes = np.bincount(components.ravel())
-        sizes[0] = 0
-        out[components == int(sizes.argmax())] = value
+        binary = sitk.GetImageFromArray((mask == value).astype(np.uint8))
+        ranked = sitk.RelabelComponent(sitk.ConnectedComponent(binary, True), sortByObjectSize=True)
+        out[sitk.GetArrayViewFromImage(ranked) == 1] = value
     return out
 
 

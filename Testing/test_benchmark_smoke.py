@@ -19,8 +19,14 @@ def test_segment_benchmark_smoke(tmp_path, tiny_bundle):
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    assert result["model"] == "tiny-test-model 0.0.1"
-    assert set(result["warm_median_s"]) == {"read", "preprocess", "network", "postprocess", "write", "total"}
-    assert result["peak_rss_mb"] >= result["baseline_rss_mb_after_imports_and_model"] > 0
-    assert result["cli_wall_s"] > result["warm_median_s"]["total"]
-    assert "network" in done.stdout and "peak RSS" in done.stdout
+    (item,) = result["inputs"]
+    whole = item["whole_command"]
+    assert set(whole) == {'python -c "import torch"', "model (auto backend)"}
+    assert all(e["median_s"] > 0 and e["peak_rss_mb"] > 0 and len(e["runs_s"]) == 1 for e in whole.values())
+    stages = item["in_process"]["auto"]
+    assert stages["model"] == "tiny-test-model 0.0.1" and stages["backend"] == "torch"  # no ONNX export
+    assert set(stages["warm_median_s"]) == {"read", "preprocess", "network", "postprocess", "write", "total"}
+    assert stages["peak_rss_mb"] >= stages["baseline_rss_mb"] > 0
+    assert whole["model (auto backend)"]["median_s"] > stages["warm_median_s"]["total"]
+    assert "whole command" in done.stdout and "peak RSS" in done.stdout
+    assert out.with_suffix(".md").read_text().startswith("# prostatekd segment")

@@ -192,7 +192,7 @@ def test_batch_skips_a_corrupt_case(run, tmp_path, make_volume):
     (inputs / "broken.nii.gz").write_bytes(b"\x00" * 100)
     sitk.WriteImage(sitk.Cast(make_volume() > 200, sitk.sitkUInt8), str(inputs / "case0_segmentation.nii.gz"))
     outdir = tmp_path / "masks"
-    code, out, err = run("segment", str(inputs), str(outdir))
+    code, out, err = run("segment", str(inputs), str(outdir), "--batch")
     assert code == 1
     assert "3 cases: " in out and "1 failed" in out
     rows = list(csv.DictReader(open(outdir / "summary.csv")))

@@ -39,10 +39,17 @@ def _files(folder: str, pattern: str) -> list[str]:
 
 
 def _module_needs() -> list[str]:
-    """Files the module runs: ProstateKD.py, the ``python -m ProstateKDLib.cli`` subprocess, and all they import."""
+    """Files the module runs, and all they import: ProstateKD.py and the library's ``python -m`` entry points.
+
+    The entry points are ``ProstateKDLib/__main__.py``, ``ProstateKDLib/cli/`` and every library module
+    with a ``__main__`` block (the worker and the ONNX export the module and its messages start).
+    """
     from conftest import imports_of, module_name
 
-    start = [MODULE, *sorted((ROOT / "ProstateKDLib" / "cli").glob("*.py"))]
+    runnable = [p for p in sorted((ROOT / "ProstateKDLib").rglob("*.py"))
+                if 'if __name__ == "__main__":' in p.read_text(encoding="utf-8")]
+    start = [MODULE, ROOT / "ProstateKDLib" / "__main__.py", *sorted((ROOT / "ProstateKDLib" / "cli").glob("*.py")),
+             *runnable]
     needed: dict[str, Path] = {}
     todo = list(start)
     while todo:

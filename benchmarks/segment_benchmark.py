@@ -1,20 +1,30 @@
 #!/usr/bin/env python
-"""End-to-end time and peak memory of ``prostatekd segment``, split by stage.
+"""Whole-command time and peak memory of ``prostatekd segment``, side by side, plus its stages.
 
-Measures, on a synthetic (phantom) volume of a given size and spacing
-(default 320x320x24 at 0.6x0.6x3.6 mm, a typical prostate T2):
+The headline is what a user waits for: the whole ``prostatekd segment`` command in a
+fresh process (Python start-up, imports, model load, read, work, write), its wall time
+and the peak resident memory of that process (``os.wait4``), as medians of
+``--repeats`` runs. In the same run, round-robin so machine load hits all alike:
 
-* in-process stages per run: read / preprocess / network / postprocess / write
-  (first run = cold, then the median of the warm runs);
-* the peak resident memory of the worker process (and its baseline after imports);
-* the wall time of the whole ``prostatekd segment`` command in a fresh process
-  (Python start-up and imports included).
+* ``python -c "import torch"``: the yardstick of machine speed (targets are ratios to it);
+* the student with each backend (``--backend onnx``, ``--backend torch``);
+* the teacher (default backend);
+* the peer TAPS (``--peer``, its own venv from ``benchmarks/setup_peer.sh``): its own
+  ``taps segment IN OUT --device cpu --exact`` command.
 
-Each measurement runs in a fresh worker process so memory peaks do not mix.
-Prints a table and writes JSON (``--out``). Not a unit test: the suite only
-runs ``--smoke`` to keep the script working.
+Then the in-process breakdown per student backend (a fresh worker process each, which
+loads the model once and segments ``repeats + 1`` times: read / preprocess / network /
+postprocess / write, cold first run and warm medians; imports and model load timed).
 
-    python benchmarks/segment_benchmark.py --threads 2 --repeats 5
+Inputs: the bundled sample (``Resources/Samples/PhantomCase01.nii.gz``, 320x320x24 at
+0.6x0.6x3.6 mm, phantom) and, where ``../shared/data`` is beside the checkout, the
+real ProstateX-0001 T2 series (384x384x19, 0.5x0.5x3 mm), each copied to NIfTI first so
+every tool reads the same file. Writes ``segment_benchmark.json`` and ``.md``::
+
+    python benchmarks/segment_benchmark.py --threads 2 --repeats 5 --peer \\
+        --out benchmarks/reports/<date>/segment_benchmark.json
+
+``--smoke`` (for the test suite): a small phantom, one repeat, only ``--model``.
 """
 
 from __future__ import annotations
@@ -30,36 +40,38 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("read", "preprocess", "network", "postprocess", "write")
+SAMPLE = ROOT / "Resources" / "Samples" / "PhantomCase01.nii.gz"
+PROSTATEX_T2 = ROOT.parent / "shared" / "data" / "dicom" / "ProstateX-0001" / "07-08-2011" / "6.000000-t2tsetra-76610"
+PEER_PYTHON = ROOT / "benchmarks" / ".venv-peer" / "bin" / "python"
+YARDSTICK = "import torch"
+TAPS = "TAPS (taps segment)"
 
 
 def worker(args: argparse.Namespace) -> None:
-    """Run inside a fresh process: segment ``args.input`` ``args.repeats`` times, print JSON."""
+    """Run inside a fresh process: segment ``args.input`` ``args.repeats + 1`` times, print JSON."""
     import resource
 
     start = time.perf_counter()
     from ProstateKDLib.memory import skip_optional_imports, use_mmap_for_large_blocks
 
     use_mmap_for_large_blocks()  # as the prostatekd command does
-    with skip_optional_imports():  # as the prostatekd command does
-        import monai.inferers  # noqa: F401  (MONAI imports lazily otherwise; count it here)
-        import monai.transforms  # noqa: F401
-    import SimpleITK  # noqa: F401
-    import torch
-
+    if args.backend == "torch":
+        with skip_optional_imports():  # as the prostatekd command does
+            import monai  # noqa: F401
     from ProstateKDLib.inference import Segmenter
 
-    torch.set_num_threads(args.threads)
     import_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    segmenter = Segmenter(args.model, device=args.device, num_threads=args.threads)
+    segmenter = Segmenter(args.model, device=args.device, num_threads=args.threads, backend=args.backend)
     load_seconds = time.perf_counter() - start
     baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     runs = []
     for index in range(args.repeats + 1):
-        output = Path(args.workdir) / f"mask_{index}.nii.gz"
+        output = Path(args.workdir) / f"mask_{args.backend}_{index}.nii.gz"
         result = segmenter.segment_file(args.input, output, overwrite=True)
         runs.append({**result.timings, "total": sum(result.timings.values()), "volume_ml": result.volume_ml})
     print(json.dumps({
@@ -70,106 +82,164 @@ def worker(args: argparse.Namespace) -> None:
         "runs": runs,
         "model": f"{segmenter.bundle.meta.name} {segmenter.bundle.meta.version}",
         "device": str(segmenter.device),
+        "backend": segmenter.backend,
+        "inference": result.mode,
+        "torch_imported": "torch" in sys.modules,
+        "monai_imported": "monai" in sys.modules,
     }))
 
 
-def make_input(workdir: Path, size: list[int], spacing: list[float]) -> Path:
-    """Write a phantom volume with the requested size and spacing."""
+def make_inputs(workdir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """NIfTI copies of the benchmark inputs: name, path, size, spacing, what it is."""
     import SimpleITK as sitk
 
-    from ProstateKDLib.phantom import make_phantom
+    from ProstateKDLib.image_io import read_volume
 
-    image, _ = make_phantom(seed=7, site="RUNMC", size=tuple(size))
-    # make_phantom keeps the site's field of view; set the spacing asked for
-    image.SetSpacing(tuple(spacing))
-    path = workdir / "input.nii.gz"
-    sitk.WriteImage(image, str(path), useCompression=True)
-    return path
+    if args.smoke:
+        from ProstateKDLib.phantom import make_phantom
+
+        image, _ = make_phantom(seed=7, site="RUNMC", size=(64, 64, 12))
+        image.SetSpacing((2.4, 2.4, 7.2))
+        sources = [("phantom 64x64x12", image, "synthetic phantom")]
+    else:
+        sources = [("sample", read_volume(SAMPLE), "bundled sample (phantom)")]
+        if PROSTATEX_T2.is_dir() and not args.sample_only:
+            sources.append(("ProstateX-0001 T2", read_volume(PROSTATEX_T2), "real ProstateX T2 (DICOM, TCIA)"))
+    inputs = []
+    for index, (name, image, kind) in enumerate(sources):
+        path = workdir / f"input_{index}.nii.gz"
+        sitk.WriteImage(image, str(path), useCompression=True)
+        inputs.append({"name": name, "path": path, "kind": kind, "size": list(image.GetSize()),
+                       "spacing_mm": [round(s, 4) for s in image.GetSpacing()]})
+    return inputs
 
 
-def run_worker(args: argparse.Namespace, input_path: Path, workdir: Path) -> dict:
-    command = [
-        sys.executable, __file__, "--worker", "--input", str(input_path), "--workdir", str(workdir),
-        "--threads", str(args.threads), "--repeats", str(args.repeats), "--device", args.device,
-    ] + (["--model", args.model] if args.model else [])
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-    if done.returncode != 0:
-        raise SystemExit(f"worker failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def commands(args: argparse.Namespace, input_path: Path, workdir: Path) -> dict[str, list[str]]:
+    """The whole commands to time, by label."""
+    def segment(*extra: str) -> list[str]:
+        return [sys.executable, "-m", "ProstateKDLib.cli", "segment", str(input_path), str(workdir / "cli_mask.nii.gz"),
+                "--overwrite", "--threads", str(args.threads), "--device", args.device, *extra]
+
+    model = ["--model", args.model] if args.model else []
+    found = {f'python -c "{YARDSTICK}"': [sys.executable, "-c", YARDSTICK]}
+    if args.smoke:
+        found["model (auto backend)"] = segment(*model)
+        return found
+    for backend in args.backends:
+        found[f"student ({backend})"] = segment(*model, "--backend", backend)
+    if args.teacher:
+        found["teacher (auto backend)"] = segment("--model", args.teacher)
+    if args.peer:
+        found[TAPS] = [str(PEER_PYTHON.with_name("taps")), "segment", str(input_path),
+                       str(workdir / "taps_mask.nii.gz"), "--device", args.device, "--exact"]
+    return found
 
 
-def time_cli(args: argparse.Namespace, input_path: Path, workdir: Path) -> tuple[float, float]:
-    """Wall time and peak RSS (MB) of one whole ``prostatekd segment`` command in a fresh process."""
-    command = [sys.executable, "-m", "ProstateKDLib.cli", "segment", str(input_path),
-               str(workdir / "cli_mask.nii.gz"), "--overwrite", "--threads", str(args.threads),
-               "--device", args.device] + (["--model", args.model] if args.model else [])
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+def time_command(command: list[str], threads: int) -> tuple[float, float]:
+    """Wall time and peak RSS (MB) of one command in a fresh process."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
     stderr = process.stderr.read() if process.stderr else b""
     _, status, usage = os.wait4(process.pid, 0)  # this child's own peak, not the largest of all children
     seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"prostatekd segment failed:\n{stderr.decode(errors='replace')}")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"command failed: {' '.join(command)}\n{stderr.decode(errors='replace')}")
     return seconds, usage.ru_maxrss / 1024
 
 
-def summarize(raw: dict, cli: tuple[float, float], args: argparse.Namespace) -> dict:
+def run_worker(args: argparse.Namespace, backend: str, input_path: Path, workdir: Path) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--worker", "--input", str(input_path), "--workdir", str(workdir),
+               "--threads", str(args.threads), "--repeats", str(args.repeats), "--device", args.device,
+               "--backend", backend] + (["--model", args.model] if args.model else [])
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"worker failed:\n{done.stderr}")
+    raw = json.loads(done.stdout.strip().splitlines()[-1])
     cold, warm = raw["runs"][0], raw["runs"][1:] or raw["runs"][:1]
-    median = {key: statistics.median(run[key] for run in warm) for key in (*STAGES, "total")}
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
-        "model": raw["model"],
-        "device": raw["device"],
-        "threads": args.threads,
-        "input_size": args.size,
-        "input_spacing_mm": args.spacing,
-        "input": "synthetic phantom (RUNMC profile)",
+        **{k: v for k, v in raw.items() if k != "runs"},
         "repeats": len(warm),
-        "warm_median_s": median,
+        "warm_median_s": {key: statistics.median(run[key] for run in warm) for key in (*STAGES, "total")},
         "cold_first_run_s": {key: cold[key] for key in (*STAGES, "total")},
-        "import_s": raw["import_s"],
-        "model_load_s": raw["model_load_s"],
-        "cli_wall_s": cli[0],
-        "cli_peak_rss_mb": cli[1],
-        "peak_rss_mb": raw["peak_rss_mb"],
-        "baseline_rss_mb_after_imports_and_model": raw["baseline_rss_mb"],
         "volume_ml": cold["volume_ml"],
     }
 
 
-def print_table(result: dict) -> None:
-    rows = [("stage", "warm median s", "cold first run s")]
-    rows += [(s, f"{result['warm_median_s'][s]:.3f}", f"{result['cold_first_run_s'][s]:.3f}") for s in STAGES]
-    rows.append(("total (in process)", f"{result['warm_median_s']['total']:.3f}",
-                 f"{result['cold_first_run_s']['total']:.3f}"))
-    width = [max(len(r[i]) for r in rows) for i in range(3)]
-    print(f"model {result['model']} on {result['device']}, {result['threads']} threads, "
-          f"input {'x'.join(map(str, result['input_size']))} at "
-          f"{'x'.join(f'{s:g}' for s in result['input_spacing_mm'])} mm (phantom)")
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, width)))
-    print(f"imports {result['import_s']:.2f} s, model load {result['model_load_s']:.2f} s, "
-          f"whole CLI command {result['cli_wall_s']:.2f} s")
-    print(f"peak RSS {result['peak_rss_mb']:.0f} MB over {result['repeats'] + 1} runs "
-          f"(after imports and model load {result['baseline_rss_mb_after_imports_and_model']:.0f} MB); "
-          f"whole CLI command {result['cli_peak_rss_mb']:.0f} MB")
+def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Every input: whole commands round-robin, then the in-process stages per backend."""
+    results = []
+    for item in make_inputs(workdir, args):
+        cmds = commands(args, item["path"], workdir)
+        samples: dict[str, list[tuple[float, float]]] = {label: [] for label in cmds}
+        for _ in range(args.repeats):
+            for label, command in cmds.items():
+                samples[label].append(time_command(command, args.threads))
+        yard = statistics.median(s for s, _ in samples[f'python -c "{YARDSTICK}"'])
+        whole = {}
+        for label, values in samples.items():
+            seconds = statistics.median(s for s, _ in values)
+            whole[label] = {"median_s": seconds, "runs_s": [round(s, 3) for s, _ in values],
+                            "peak_rss_mb": statistics.median(m for _, m in values),
+                            "x_yardstick": seconds / yard}
+        taps = whole.get(TAPS)
+        for label, entry in whole.items():
+            entry["taps_over_this"] = taps["median_s"] / entry["median_s"] if taps else None
+        stages = {b: run_worker(args, b, item["path"], workdir) for b in (["auto"] if args.smoke else args.backends)}
+        results.append({**{k: v for k, v in item.items() if k != "path"}, "whole_command": whole, "in_process": stages})
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
+        "load_average_at_end": list(os.getloadavg()),
+        "threads": args.threads,
+        "device": args.device,
+        "repeats": args.repeats,
+        "command": " ".join(["python", "benchmarks/segment_benchmark.py", *sys.argv[1:]]),
+        "inputs": results,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """Tables: whole commands (headline), then the in-process stages."""
+    lines = [f"# prostatekd segment: whole command and stages ({result['date']})", "",
+             f"{result['machine']}; {result['threads']} threads, device {result['device']}; medians of "
+             f"{result['repeats']} runs, round-robin; load average at the end "
+             f"{', '.join(f'{x:.1f}' for x in result['load_average_at_end'])}. Command: `{result['command']}`", ""]
+    for item in result["inputs"]:
+        lines += [f"## {item['name']}: {'x'.join(map(str, item['size']))} at "
+                  f"{'x'.join(f'{s:g}' for s in item['spacing_mm'])} mm ({item['kind']})", "",
+                  f"| whole command | median s | x `{YARDSTICK}` | peak RSS MB | TAPS time / this |",
+                  "|---|---|---|---|---|"]
+        for label, e in item["whole_command"].items():
+            ratio = f"{e['taps_over_this']:.1f}x" if e["taps_over_this"] else "-"
+            lines.append(f"| {label} | {e['median_s']:.2f} | {e['x_yardstick']:.2f} | {e['peak_rss_mb']:.0f} | {ratio} |")
+        lines += ["", "| in process (" + ", ".join(f"{b}: {s['backend']}, {s['inference']}" for b, s in
+                                                   item["in_process"].items()) + ") | "
+                  + " | ".join(item["in_process"]) + " |", "|---|" + "---|" * len(item["in_process"])]
+        for stage in (*STAGES, "total"):
+            lines.append(f"| {stage} (warm median s) | "
+                         + " | ".join(f"{s['warm_median_s'][stage]:.3f}" for s in item["in_process"].values()) + " |")
+        for key, label in (("import_s", "imports s"), ("model_load_s", "model load s"), ("peak_rss_mb", "peak RSS MB")):
+            lines.append(f"| {label} | " + " | ".join(f"{s[key]:.2f}" for s in item["in_process"].values()) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="bundle name or path (default: bundled student)")
+    parser.add_argument("--model", default=None, help="student bundle name or path (default: bundled student)")
+    parser.add_argument("--teacher", default="prostatekd-teacher", help="teacher bundle ('' to skip)")
+    parser.add_argument("--backends", nargs="+", default=["onnx", "torch"], help="student backends to time")
+    parser.add_argument("--peer", action="store_true", help="also time TAPS (benchmarks/setup_peer.sh)")
+    parser.add_argument("--sample-only", action="store_true", help="only the bundled sample")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5, help="warm runs after the cold one")
-    parser.add_argument("--size", type=int, nargs=3, default=[320, 320, 24])
-    parser.add_argument("--spacing", type=float, nargs=3, default=[0.6, 0.6, 3.6])
+    parser.add_argument("--repeats", type=int, default=5, help="runs per command (medians), warm runs in process")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "segment_benchmark.json")
     parser.add_argument("--smoke", action="store_true", help="tiny volume, one repeat (for the test suite)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -177,17 +247,17 @@ def main(argv: list[str] | None = None) -> int:
         worker(args)
         return 0
     if args.smoke:
-        args.size, args.spacing, args.repeats = [64, 64, 12], [2.4, 2.4, 7.2], 1
+        args.repeats, args.peer = 1, False
+    if args.peer and not PEER_PYTHON.is_file():
+        raise SystemExit(f"--peer needs the peer environment {PEER_PYTHON}: run benchmarks/setup_peer.sh")
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        input_path = make_input(workdir, args.size, args.spacing)
-        raw = run_worker(args, input_path, workdir)
-        cli = time_cli(args, input_path, workdir)
-    result = summarize(raw, cli, args)
-    print_table(result)
+        result = measure(args, Path(tmp))
+    text = markdown(result)
+    print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    args.out.with_suffix(".md").write_text(text + "\n")
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
 
 

@@ -11,6 +11,7 @@ stays fast.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from typing import Any, Sequence
@@ -20,9 +21,37 @@ COMMANDS = ("train", "export", "prepare", "evaluate", "train_teacher", "distill"
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Register every training subcommand."""
+    """Register every training subcommand; those that read a YAML config also get ``--set KEY=VALUE``."""
     for name in COMMANDS:
+        before = set(subparsers.choices)
         importlib.import_module(f"{__package__}.commands.{name}").add_parser(subparsers)
+        for added in set(subparsers.choices) - before:
+            parser = subparsers.choices[added]
+            if any(action.dest == "config" for action in parser._actions):
+                _add_set_option(parser)
+
+
+def _add_set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="set_options",
+        help="override any config key, e.g. --set train.learning_rate=3e-4 --set data.sites=[RUNMC,HK] (repeatable)",
+    )
+    run = parser.get_default("func")
+
+    def run_with_overrides(args: argparse.Namespace) -> int:
+        from .config_set import parse_set_options, using_overrides
+
+        with using_overrides(parse_set_options(args.set_options)):
+            return run(args)
+
+    parser.set_defaults(func=run_with_overrides)
+
+
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
+    """The full ``prostatekd`` parser: the library's subcommands and the training ones."""
+    from ProstateKDLib.cli import build_parser as library_parser
+
+    return library_parser(json_errors=json_errors, extra=add_parsers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -655,10 +655,16 @@ def read_yaml(path: str | os.PathLike) -> Any:
 def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Config:
     """Read and validate a YAML config; ``overrides`` (dotted keys) are applied first.
 
+    The command line's ``--set KEY=VALUE`` overrides (:mod:`training.config_set`) are
+    applied after ``overrides``.
+
     Raises:
         ConfigError: file missing, not YAML, or invalid (message names the dotted key).
     """
+    from .config_set import active_overrides
+
     data = read_yaml(path)
+    overrides = {**(overrides or {}), **active_overrides()}  # --set KEY=VALUE wins
     if overrides:
         if not isinstance(data, Mapping):
             raise ConfigError(f"config {Path(path).name}: must hold a mapping")

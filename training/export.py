@@ -1,4 +1,4 @@
-"""Export a training run as a model bundle (``model.json`` + safetensors weights)."""
+"""Export a training run as a model bundle (``model.json``, safetensors weights, ONNX export)."""
 
 from __future__ import annotations
 
@@ -154,6 +154,7 @@ def export_run(
 
     from ProstateKDLib.bundle import save_bundle
     from ProstateKDLib.networks import build_network, count_parameters
+    from ProstateKDLib.onnx_export import add_onnx_export
 
     from .checkpoint import BEST, LAST, load_checkpoint
 
@@ -179,4 +180,4 @@ def export_run(
     n_cases = len((info.get("data") or {}).get("train_cases") or []) or None
     model_json = build_model_json(config, epoch, int(last["epoch"]), dice, count_parameters(network),
                                   info.get("git"), teachers, n_cases)
-    return save_bundle(outdir, model_json, chosen["model"], overwrite=overwrite)
+    return save_bundle(outdir, model_json, chosen["model"], overwrite=overwrite, finish=add_onnx_export)

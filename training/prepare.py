@@ -21,6 +21,14 @@ cases sorted by case id before shuffling):
    into K parts, the deal continuing where the previous site stopped, so parts
    differ in size by at most one and every site with K or more development
    cases is in every part; fold k validates on part k and trains on the rest.
+   ``folds = "by-site"``: leave one site out: fold k validates on the
+   development cases of the k-th site (sorted) and trains on the other sites'.
+
+Each case keeps its metadata from a ``cases.csv`` in the data root (a ``case``
+column; ``site`` when case names repeat across sites): every other column, for
+example PROMISE12's ``spacing_source``, lands under the case's ``metadata``.
+A relative data path is stored relative to the index's folder, so a committed
+index keeps working in any checkout with the data beside it.
 """
 
 from __future__ import annotations
@@ -62,11 +70,15 @@ class BadCaseError(DataError):
 
 
 def detect_layout(source: str | os.PathLike) -> str:
-    """``"csv"``, ``"msd"`` (folder with ``dataset.json``) or ``"multisite"``."""
+    """``"csv"``, ``"nnunet"`` / ``"msd"`` (folder with a v2 / Decathlon ``dataset.json``) or ``"multisite"``."""
     path = Path(source).expanduser()
     if str(source).lower().endswith(".csv"):
         return "csv"
-    return "msd" if (path / "dataset.json").is_file() else "multisite"
+    if not (path / "dataset.json").is_file():
+        return "multisite"
+    from ProstateKDLib.datasets.nnunet import is_nnunet_v2, read_descriptor
+
+    return "nnunet" if is_nnunet_v2(read_descriptor(path)) else "msd"
 
 
 def _by_site(cases: Sequence[CaseRecord]) -> dict[str, list[CaseRecord]]:
@@ -102,14 +114,23 @@ def split_test(
     return sorted(dev, key=lambda c: c.case_id), sorted(test, key=lambda c: c.case_id)
 
 
+BY_SITE = "by-site"
+
+
 def make_folds(
-    cases: Sequence[CaseRecord], folds: int, seed: int, val_fraction: float = 0.2
+    cases: Sequence[CaseRecord], folds: int | str, seed: int, val_fraction: float = 0.2
 ) -> list[tuple[list[CaseRecord], list[CaseRecord]]]:
     """``[(train, val)]`` for each fold, stratified per site (step 2 of the module docstring).
 
     Raises:
-        DataError: ``cannot make <K> folds from <n> development cases``.
+        DataError: ``cannot make <K> folds from <n> development cases``; ``--folds by-site
+            needs cases of 2 or more sites``.
     """
+    if folds == BY_SITE:
+        groups = _by_site(cases)
+        if len(groups) < 2:
+            raise DataError(f"--folds {BY_SITE} needs cases of 2 or more sites, found {', '.join(groups) or 'none'}")
+        return [([c for c in cases if c.site != site], list(items)) for site, items in groups.items()]
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
         raise ValueError(f"folds must be an int >= 1, got {folds!r}")
     if folds == 1:
@@ -127,6 +148,38 @@ def make_folds(
         train = [c for j, part in enumerate(parts) if j != k for c in part]
         result.append((sorted(train, key=lambda c: c.case_id), sorted(parts[k], key=lambda c: c.case_id)))
     return result
+
+
+CASE_METADATA_CSV = "cases.csv"
+
+
+def case_metadata(root: Path, cases: Sequence[CaseRecord]) -> dict[str, dict[str, str]]:
+    """Per case id, the extra columns of ``root/cases.csv`` (empty when there is none).
+
+    Rows are matched by ``case`` (the file stem, e.g. ``Case07``) and, when the
+    file has a ``site`` column, by site too.
+    """
+    import csv
+
+    table = root / CASE_METADATA_CSV
+    if not table.is_file():
+        return {}
+    try:
+        with table.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
+    keyed = {}
+    for row in rows:
+        if row.get("case"):
+            keyed[(row.get("site") or "", row["case"])] = {k: v for k, v in row.items() if k not in ("case", "site") and k}
+    out = {}
+    for case in cases:
+        stem = case.case_id.rsplit("/", 1)[-1]
+        found = keyed.get((case.site, stem)) or keyed.get(("", stem))
+        if found:
+            out[case.case_id] = found
+    return out
 
 
 def _check_out(out: str | os.PathLike, overwrite: bool) -> Path:
@@ -161,6 +214,12 @@ def _label_names(data: Path, layout: str, keep_zones: bool) -> dict[str, str]:
         names = msd_label_names(read_msd_descriptor(data))
         if names:
             return {str(k): v for k, v in names.items()}
+    if layout == "nnunet":
+        from ProstateKDLib.datasets.nnunet import nnunet_label_names, read_descriptor
+
+        names = nnunet_label_names(read_descriptor(data))
+        if names:
+            return {str(k): v for k, v in sorted(names.items())}
     return {"1": "zone 1", "2": "zone 2"}
 
 
@@ -177,7 +236,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def prepare_index(
     data: str | os.PathLike,
     out: str | os.PathLike,
-    folds: int = 5,
+    folds: int | str = 5,
     val_fraction: float | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
@@ -192,7 +251,8 @@ def prepare_index(
     Args:
         data: multi-site folder, Decathlon task folder or ``.csv`` case list.
         out: ``.json`` file to write (atomically).
-        folds: number of train/val folds (1: a single split with ``val_fraction``).
+        folds: number of train/val folds (1: a single split with ``val_fraction``), or
+            ``"by-site"`` (leave one site out).
         val_fraction: validation fraction per site, only with ``folds == 1`` (default 0.2).
         test_fraction: held-out test fraction per site, in [0, 1).
         seed: seed of both splits.
@@ -213,9 +273,9 @@ def prepare_index(
     """
     from tqdm.auto import tqdm
 
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
-        raise ValueError(f"folds must be an int >= 1, got {folds!r}")
-    if val_fraction is not None and folds > 1:
+    if folds != BY_SITE and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 1):
+        raise ValueError(f"folds must be an int >= 1 or {BY_SITE!r}, got {folds!r}")
+    if val_fraction is not None and folds != 1:
         raise ValueError(f"val_fraction applies only with folds=1 (with {folds} folds each fold validates on 1/{folds})")
     val_fraction = 0.2 if val_fraction is None else float(val_fraction)
     if not 0.0 <= val_fraction < 1.0:
@@ -248,6 +308,7 @@ def prepare_index(
         raise DataError(f"no usable cases in {data}: every case failed the check")
 
     cases = [record for record, _ in checked]
+    metadata = case_metadata(root, cases)
     dev, test = split_test(cases, test_fraction, seed)
     fold_list = make_folds(dev, folds, seed, val_fraction)
     groups_dev, groups_test = _by_site(dev), _by_site(test)
@@ -258,8 +319,8 @@ def prepare_index(
     for site, counts in sites.items():
         if test_fraction > 0 and counts["test"] == 0:
             notes.append(f"site {site} has no test case ({counts['cases']} cases)")
-        missing = sum(1 for _, val in fold_list if folds > 1 and not any(c.site == site for c in val))
-        if missing:
+        missing = sum(1 for _, val in fold_list if folds != 1 and not any(c.site == site for c in val))
+        if missing and folds != BY_SITE:
             notes.append(f"site {site} has {counts['development']} development cases for {folds} folds: "
                          f"it is missing from the validation set of {missing} folds")
     index = {
@@ -267,7 +328,7 @@ def prepare_index(
         "format_version": INDEX_VERSION,
         "source": str(source.resolve()),
         "layout": layout,
-        "root": root.as_posix(),
+        "root": root.as_posix() if source.is_absolute() else Path(os.path.relpath(root, path.resolve().parent)).as_posix(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,
         "options": {"folds": folds, "val_fraction": val_fraction if folds == 1 else None,
@@ -278,7 +339,8 @@ def prepare_index(
         "sites": sites,
         "cases": [
             {"case_id": r.case_id, "site": r.site, "image": _relative(r.image, root),
-             "label": _relative(r.label, root), "channel": r.channel, **info}
+             "label": _relative(r.label, root), "channel": r.channel, **info,
+             **({"metadata": metadata[r.case_id]} if r.case_id in metadata else {})}
             for r, info in checked
         ],
         "skipped": skipped,

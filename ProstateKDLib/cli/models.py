@@ -23,11 +23,11 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``models``."""
     from ..bundle import find_bundles, model_search_paths, resolve_model
-    from ..errors import BundleError
+    from ..errors import UsageError
 
     if args.action == "info":
         if not args.name:
-            raise BundleError("models info needs a bundle NAME or path")
+            raise UsageError("models info needs a bundle NAME or path")
         bundle = resolve_model(args.name)
         info = dict(bundle.meta.raw)
         info["path"] = str(bundle.path)

@@ -23,8 +23,10 @@ def index_cases(source: str | os.PathLike, channel: int | None = None) -> list[C
     """Cases of a ``.csv`` case list, a Decathlon folder or a multi-site folder.
 
     * ``*.csv``: :func:`read_case_csv`;
-    * a folder with ``dataset.json``: the Medical Segmentation Decathlon layout
-      (:func:`~ProstateKDLib.datasets.msd.index_msd`; ``channel`` defaults to T2);
+    * a folder with ``dataset.json``: an nnU-Net v2 raw dataset
+      (:func:`~ProstateKDLib.datasets.nnunet.index_nnunet`, one file per channel) or the
+      Medical Segmentation Decathlon layout (:func:`~ProstateKDLib.datasets.msd.index_msd`);
+      ``channel`` defaults to the one named T2;
     * any other folder: :func:`index_multisite`, plus the cases listed in its
       ``dataset_index.csv`` (cases saved from Slicer) that the folder scan did
       not find (:func:`~ProstateKDLib.datasets.saved.index_multisite_root`).
@@ -39,6 +41,10 @@ def index_cases(source: str | os.PathLike, channel: int | None = None) -> list[C
         from .msd import MSD_DESCRIPTOR, index_msd
 
         if (Path(source).expanduser() / MSD_DESCRIPTOR).is_file():
+            from .nnunet import index_nnunet, is_nnunet_v2, read_descriptor
+
+            if is_nnunet_v2(read_descriptor(Path(source).expanduser())):
+                return index_nnunet(source, channel=channel)
             return index_msd(source, channel=channel)
         from .saved import index_multisite_root
 

@@ -20,6 +20,10 @@ def _natural(text: str) -> int:
     return value
 
 
+def _folds(text: str) -> int | str:
+    return text if text == "by-site" else _count(text)
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -39,7 +43,8 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("data", help="multi-site folder, MSD task folder (dataset.json) or .csv case list")
     parser.add_argument("--out", required=True, help="dataset index to write (.json)")
-    parser.add_argument("--folds", type=_count, default=5, help="number of train/val folds (default 5; 1 = one split)")
+    parser.add_argument("--folds", type=_folds, default=5,
+                        help="number of train/val folds (default 5; 1 = one split), or by-site (leave one site out)")
     parser.add_argument(
         "--val-fraction", type=_fraction, default=None,
         help="validation fraction per site with --folds 1 (default 0.2)",
@@ -68,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..prepare import BadCaseError, format_index_summary, prepare_index
 
-    if args.val_fraction is not None and args.folds > 1:
+    if args.val_fraction is not None and args.folds != 1:
+        each = "one site" if args.folds == "by-site" else f"1/{args.folds} of the cases"
         print("prostatekd prepare: error: --val-fraction applies only with --folds 1 "
-              f"(with {args.folds} folds each fold validates on 1/{args.folds} of the cases)", file=sys.stderr)
+              f"(with {args.folds} folds each fold validates on {each})", file=sys.stderr)
         return 2
     try:
         index = prepare_index(

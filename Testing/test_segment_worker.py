@@ -1,0 +1,72 @@
+"""The warm worker: one process, model loaded once; later requests skip start-up; cancel kills it."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from ProstateKDLib.errors import CancelledError, ProstateKDError
+from ProstateKDLib.segment_worker import WarmWorker
+
+from conftest import ROOT
+
+SAMPLE = ROOT / "Resources" / "Samples" / "PhantomCase01.nii.gz"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_second_request_skips_start_up(tmp_path):
+    worker = WarmWorker(device="cpu", threads=1)
+    try:
+        start = time.perf_counter()
+        first = worker.segment(str(SAMPLE), str(tmp_path / "a.nii.gz"))
+        first_s = time.perf_counter() - start
+        pid = worker.process.pid
+        seen = []
+        start = time.perf_counter()
+        second = worker.segment(str(SAMPLE), str(tmp_path / "b.nii.gz"), progress=lambda f, m: seen.append(f))
+        second_s = time.perf_counter() - start
+        assert worker.process.pid == pid and worker.ready["backend"] == "onnx"
+        assert first["volume_ml"] == second["volume_ml"] > 5 and (tmp_path / "b.nii.gz").is_file()
+        assert seen[0] == 0.0 and seen[-1] == 1.0
+        # the second pays only the work: no interpreter start, imports or model load
+        assert second_s < first_s - 0.3, (first_s, second_s)
+        assert second_s < second["seconds"] + 0.5
+        with pytest.raises(ProstateKDError, match="input not found") as error:
+            worker.segment(str(tmp_path / "missing.nii.gz"), str(tmp_path / "c.nii.gz"))
+        assert error.value.exit_code == 3 and worker.process.pid == pid  # an error keeps the worker
+    finally:
+        process = worker.process
+        worker.close()
+    assert process.returncode == 0  # it exits by itself once its stdin closes
+
+
+def test_cancel_kills_and_the_next_request_restarts(tmp_path):
+    worker = WarmWorker(device="cpu", threads=1)
+    worker.segment(str(SAMPLE), str(tmp_path / "a.nii.gz"))
+    pid = worker.process.pid
+    progress = []
+    start = time.perf_counter()
+    with pytest.raises(CancelledError):
+        worker.segment(str(SAMPLE), str(tmp_path / "b.nii.gz"), progress=lambda f, m: progress.append(f),
+                       cancelled=lambda: len(progress) > 1)
+    assert time.perf_counter() - start < 5
+    assert not alive(pid) and not (tmp_path / "b.nii.gz").exists()
+    result = worker.segment(str(SAMPLE), str(tmp_path / "c.nii.gz"))
+    assert worker.process.pid != pid and result["volume_ml"] > 5
+    worker.close()
+
+
+def test_bad_model_is_reported():
+    worker = WarmWorker(model="no-such-model", device="cpu")
+    with pytest.raises(ProstateKDError, match="model 'no-such-model' not found") as error:
+        worker.segment(str(SAMPLE), "/tmp/never-written.nii.gz")
+    assert error.value.exit_code == 5 and not worker.running
