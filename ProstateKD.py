@@ -542,7 +542,7 @@ class ProstateKDTest(ScriptedLoadableModuleTest):
             self.assertTrue(first.image.is_file() and first.label.is_file())
             rows = (Path(folder) / "dataset_index.csv").read_text().splitlines()
             self.assertEqual(len(rows), 3)
-            from ProstateKDLib.dataset import index_multisite
+            from ProstateKDLib.datasets import index_multisite
 
             self.assertEqual([r.case_id for r in index_multisite(folder)], ["PHANTOM/Case00", "PHANTOM/Case01"])
         self.delayDisplay("ProstateKD test passed")

@@ -13,7 +13,7 @@ imports nothing else::
     result = segmenter.segment(read_volume("t2.nii.gz"))
     write_mask(result.mask, "t2_prostate.nii.gz")
 
-``python -m ProstateKDLib ...`` runs the ``prostatekd`` command.
+``python -m ProstateKDLib ...`` runs the library's ``prostatekd`` commands (the installed script, ``training.cli``, adds training).
 """
 
 from __future__ import annotations

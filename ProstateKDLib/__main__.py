@@ -1,4 +1,4 @@
-"""``python -m ProstateKDLib`` runs the ``prostatekd`` command."""
+"""``python -m ProstateKDLib`` runs the library's ``prostatekd`` commands (segment, series, models, phantom)."""
 
 import sys
 

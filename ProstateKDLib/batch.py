@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .datasets.records import image_suffix as suffix_of_name
 from .errors import CancelledError, InputError, OutputError, ProstateKDError, UsageError
 from .safe_paths import check_inside, check_not_input, unsafe_case_name
 from .temp_files import remove_stale_temporaries, temporary_path
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 MASK_MARKERS = ("_segmentation", ".seg", "_seg", "_mask", "_label")
 SUMMARY_FIELDS = ("case", "input", "output", "status", "volume_ml", "seconds", "warnings")
 DICOM_SUFFIXES = (".dcm", ".ima", "")
@@ -33,9 +33,8 @@ class BatchItem:
 
 
 def image_suffix(path: Path) -> str | None:
-    """The known image suffix of ``path`` (``.nii.gz`` before ``.gz``), or None."""
-    name = path.name.lower()
-    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
+    """The known image suffix of ``path`` (``ProstateKDLib.datasets.IMAGE_SUFFIXES``), or None."""
+    return suffix_of_name(path.name)
 
 
 def _is_mask_file(path: Path) -> bool:

@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from . import checks
 from .errors import BundleError
 
 FORMAT_VERSION = 1
@@ -121,10 +122,8 @@ class _Reader:
 
     def vector(self, key: str, length: int, kind: type, positive: bool = True) -> tuple:
         values = self.get(key, list)
-        ok_type = (int, float) if kind is float else (int,)
-        if len(values) != length or not all(
-            isinstance(v, ok_type) and not isinstance(v, bool) for v in values
-        ):
+        ok = checks.is_real if kind is float else checks.is_int
+        if len(values) != length or not all(ok(v) for v in values):
             raise self.fail(key, f"must be a list of {length} {kind.__name__}s, got {values!r}")
         if positive and not all(v > 0 for v in values):
             raise self.fail(key, f"must be positive, got {values!r}")

@@ -162,7 +162,7 @@ def _read_file_quietly(path: Path) -> sitk.Image:
         image = reader.Execute()
     except RuntimeError as error:
         raise InputError(_read_error(path, error, "the file is damaged or truncated")) from None
-    problem = _inspect_nifti(path) if path.name.lower().endswith((".nii", ".nii.gz")) else None
+    problem = inspect_nifti(path) if path.name.lower().endswith((".nii", ".nii.gz")) else None
     if problem == "truncated":  # ITK zero-fills missing voxel data without an exception
         raise InputError(f"cannot read {path}: the file is damaged or truncated")
     if problem == "non-finite":  # ITK replaces NaN and inf by 0 when it reads NIfTI
@@ -181,7 +181,7 @@ def _is_nifti2(path: Path) -> bool:
 _NIFTI_FLOATS = {16: "f4", 32: "f4", 64: "f8", 1792: "f8"}  # float32/64, complex64/128 (as float pairs)
 
 
-def _inspect_nifti(path: Path) -> str | None:
+def inspect_nifti(path: Path) -> str | None:
     """``"truncated"``, ``"non-finite"`` or None for a single-file NIfTI-1/2 (plain or gzipped).
 
     SimpleITK 2.5 (ITK 5.4, niftilib ``nifti_read_buffer``) hides both problems:

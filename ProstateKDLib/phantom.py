@@ -278,7 +278,7 @@ def gland_volume_ml(label: sitk.Image) -> float:
     return count * float(np.prod(label.GetSpacing())) / 1000.0
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
     """Write via a temporary file in the same folder (same suffix), then rename."""
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
@@ -347,8 +347,8 @@ def write_phantom_dataset(
     for name, case_id, case_seed, image_path, label_path in plan:
         image_path.parent.mkdir(parents=True, exist_ok=True)
         image, label = make_phantom(case_seed, name, size, zones)
-        _write_atomic(image_path, lambda p, im=image: sitk.WriteImage(im, str(p), True))
-        _write_atomic(label_path, lambda p, lb=label: sitk.WriteImage(lb, str(p), True))
+        write_atomic(image_path, lambda p, im=image: sitk.WriteImage(im, str(p), True))
+        write_atomic(label_path, lambda p, lb=label: sitk.WriteImage(lb, str(p), True))
         records.append({
             "site": name, "case_id": case_id, "seed": case_seed, "image": str(image_path),
             "label": str(label_path), "gland_volume_ml": round(gland_volume_ml(label), 3),
@@ -367,5 +367,5 @@ def write_phantom_dataset(
         ],
     }
     outdir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(outdir / "phantom.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    write_atomic(outdir / "phantom.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     return records

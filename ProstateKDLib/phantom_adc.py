@@ -10,7 +10,7 @@ coarser diffusion acquisition, with Gaussian noise. Values are multiplied by
 T2, 1 = ADC) like the Decathlon Task05 prostate images, and
 :func:`write_two_channel_dataset` a whole Decathlon folder (``dataset.json``
 with ``modality {"0": "T2", "1": "ADC"}``) that
-:func:`~ProstateKDLib.dataset_msd.index_msd` and ``--channel`` read.
+:func:`~ProstateKDLib.datasets.index_msd` and ``--channel`` read.
 
 Synthetic test data, not physiology: never use it to claim accuracy.
 """
@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import OutputError
-from .phantom import _write_atomic, make_phantom
+from .phantom import write_atomic, make_phantom
 
 ADC_GLAND = 0.9e-3  # mm²/s, central/transition zone (label 1)
 ADC_PZ = 1.2e-3  # peripheral zone (label 2 of a zoned label)
@@ -97,8 +97,8 @@ def write_two_channel_case(
     for path in (image_path, label_path):
         path.parent.mkdir(parents=True, exist_ok=True)
     joined = two_channel_image(image, adc)
-    _write_atomic(image_path, lambda p: sitk.WriteImage(joined, str(p), True))
-    _write_atomic(label_path, lambda p: sitk.WriteImage(label, str(p), True))
+    write_atomic(image_path, lambda p: sitk.WriteImage(joined, str(p), True))
+    write_atomic(label_path, lambda p: sitk.WriteImage(label, str(p), True))
     return image_path, label_path
 
 
@@ -142,5 +142,5 @@ def write_two_channel_dataset(
         "training": training,
     }
     root.mkdir(parents=True, exist_ok=True)
-    _write_atomic(descriptor, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    write_atomic(descriptor, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     return records

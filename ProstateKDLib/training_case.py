@@ -1,6 +1,6 @@
 """Save an image and its (corrected) gland mask as a new training case.
 
-Layout (what :func:`ProstateKDLib.dataset.index_multisite` reads)::
+Layout (what :func:`ProstateKDLib.datasets.index_multisite` reads)::
 
     <dataset>/<SITE>/CaseNN.nii.gz               the image
     <dataset>/<SITE>/CaseNN_segmentation.nii.gz  its label (0 background, 1 gland)
@@ -26,14 +26,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .datasets.records import IMAGE_SUFFIXES, LABEL_TAG
+from .datasets.saved import SAVED_COLUMNS, SAVED_INDEX
 from .errors import InputError, OutputError
 
-INDEX_FILE = "dataset_index.csv"
-INDEX_COLUMNS = ("case_id", "site", "image", "label", "source", "added")
-IMAGE_SUFFIX = ".nii.gz"
-LABEL_TAG = "_segmentation"
+INDEX_FILE = SAVED_INDEX  # the index :mod:`ProstateKDLib.datasets.saved` reads
+INDEX_COLUMNS = SAVED_COLUMNS
+IMAGE_SUFFIX = ".nii.gz"  # what a saved case is written as
 SITE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_CASE_FILE = re.compile(r"^case(\d+)(?:_segmentation)?\.(?:nii\.gz|nii|nrrd|mha)$", re.IGNORECASE)
+_CASE_FILE = re.compile(
+    rf"^case(\d+)(?:{LABEL_TAG})?(?:{'|'.join(re.escape(s) for s in IMAGE_SUFFIXES)})$", re.IGNORECASE
+)
 _MAX_ATTEMPTS = 1000
 
 

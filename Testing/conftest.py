@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -132,3 +133,113 @@ def assert_same_geometry(a: Any, b: Any, tol: float = 1e-5) -> None:
     np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
     np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
     np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+
+
+# ------------------------------------------------------------------ tiny networks and batches
+#: The patch of the distiller tests' batches.
+PATCH = (16, 16, 8)
+
+
+def unet(channels: Any = (4, 8, 16), seed: int = 0, in_channels: int = 1) -> Any:
+    """A tiny MONAI UNet (two down-steps, no residual units), seeded."""
+    import torch
+
+    from ProstateKDLib.networks import build_network
+
+    torch.manual_seed(seed)
+    return build_network("unet", {"in_channels": in_channels, "channels": list(channels), "strides": [2, 2],
+                                  "num_res_units": 0})
+
+
+def batch(seed: int = 0) -> tuple[Any, Any]:
+    """Two patches with a bright cube labelled as gland (a real, learnable signal)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    label = torch.zeros(2, 1, *PATCH, dtype=torch.uint8)
+    label[0, :, 4:12, 4:12, 2:6] = 1
+    label[1, :, 2:8, 6:14, 1:5] = 1
+    image = label.float() * 2 - 1 + 0.3 * torch.randn(2, 1, *PATCH, generator=g)
+    return image, label
+
+
+class FixedTeacher(torch.nn.Module):
+    """A 1x1x1 convolution turning a {-1, +1} image into confident logits (``sign=-1``: the complement)."""
+
+    def __init__(self, sign: float) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 2, 1)
+        with torch.no_grad():
+            self.conv.weight[:] = torch.tensor([-4.0, 4.0]).view(2, 1, 1, 1, 1) * sign
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.fixture(scope="session")
+def phantom_folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory: a new folder of coarse multi-site phantoms (48 x 48 x 12 voxels by default)."""
+
+    def make(cases_per_site: int, sites: Any, seed: int | None = None, size: Any = (48, 48, 12)) -> Path:
+        from ProstateKDLib.phantom import write_phantom_dataset
+
+        root = tmp_path_factory.mktemp("phantoms")
+        extra = {} if seed is None else {"seed": seed}
+        write_phantom_dataset(root, cases_per_site=cases_per_site, sites=list(sites), size=tuple(size), **extra)
+        return root
+
+    return make
+
+
+# ------------------------------------------------------------------ the import graph (static)
+def module_name(path: Path) -> str:
+    """Dotted module name of a repository file (``ProstateKDLib/cli/__init__.py`` -> ``ProstateKDLib.cli``)."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_file(name: str) -> Path | None:
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imports_of(path: Path) -> set[str]:
+    """Repository modules ``path`` imports anywhere in the file (top level, functions, ``import_module("...")``).
+
+    ``from package import name`` counts as an import of ``package.name`` when that is a
+    module, else of ``package``; modules outside the repository are left out.
+    """
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if _module_file(f"{base}.{alias.name}") else base)
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            found.add(node.args[0].value)
+    return {name for name in found if name and _module_file(name) is not None}
+
+
+def import_graph(*packages: str) -> dict[str, set[str]]:
+    """``{module: the repository modules it imports}`` for every file of ``packages``."""
+    graph: dict[str, set[str]] = {}
+    for package in packages:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if "__pycache__" not in path.parts:
+                graph[module_name(path)] = imports_of(path)
+    return graph

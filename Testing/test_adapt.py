@@ -36,13 +36,9 @@ def student(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def data_root(tmp_path) -> Path:
+def data_root(phantom_folder) -> Path:
     """Three sites x 2 coarse phantoms (48 x 48 x 12 voxels)."""
-    from ProstateKDLib.phantom import write_phantom_dataset
-
-    root = tmp_path / "data"
-    write_phantom_dataset(root, cases_per_site=2, sites=SITES, size=(48, 48, 12), seed=5)
-    return root
+    return phantom_folder(2, SITES, seed=5)
 
 
 def test_ema_teacher_is_the_moving_average_of_the_student():
@@ -141,7 +137,7 @@ def test_unknown_target_site_and_bad_options_write_nothing(student, data_root, t
 
 
 def test_cli_adapt_help_and_before_after_evaluation(student, data_root, tmp_path, capsys):
-    from ProstateKDLib.cli import main
+    from training.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["adapt", "--help"])
@@ -163,15 +159,15 @@ def test_cli_adapt_help_and_before_after_evaluation(student, data_root, tmp_path
 def test_resume_equals_uninterrupted_and_target_labels_are_not_opened(student, data_root, tmp_path, monkeypatch):
     import SimpleITK as sitk
 
-    import ProstateKDLib.dataset as dataset
+    import ProstateKDLib.datasets as dataset
     from training.adapt import adapt
     from training.checkpoint import load_checkpoint
 
     opened: list[str] = []
-    read, read_image, read_label = sitk.ReadImage, dataset._read_image, dataset._read_label
+    read, read_image, read_label = sitk.ReadImage, dataset.read_image, dataset.read_label
     monkeypatch.setattr(sitk, "ReadImage", lambda path, *a, **k: opened.append(str(path)) or read(path, *a, **k))
-    monkeypatch.setattr(dataset, "_read_image", lambda r: opened.append(str(r.image)) or read_image(r))
-    monkeypatch.setattr(dataset, "_read_label", lambda r: opened.append(str(r.label)) or read_label(r))
+    monkeypatch.setattr(dataset, "read_image", lambda r: opened.append(str(r.image)) or read_image(r))
+    monkeypatch.setattr(dataset, "read_label", lambda r: opened.append(str(r.label)) or read_label(r))
     whole, split = tmp_path / "whole", tmp_path / "split"
     adapt(student, data_root, TARGET, whole, progress=False, **TINY)
     adapt(student, data_root, TARGET, split, progress=False, **{**TINY, "epochs": 1})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ProstateKDLib.cli import build_parser, main
+from training.cli import build_parser, main
 from ProstateKDLib.cli.conventions import LOG_PROGRESS_INTERVAL_S, configured_output
 from ProstateKDLib.errors import UsageError
 from ProstateKDLib.progress import LineProgress, progress_bar
@@ -108,7 +108,7 @@ def test_tqdm_redraws_rarely_when_stderr_is_no_terminal() -> None:
     """tqdm reads TQDM_* defaults when first imported: the parser must not import it before the command runs."""
     code = (
         "import os, sys\n"
-        "from ProstateKDLib.cli import build_parser\n"
+        "from training.cli import build_parser\n"
         "from ProstateKDLib.cli.conventions import configured_output\n"
         "build_parser()\n"
         "assert 'tqdm' not in sys.modules\n"

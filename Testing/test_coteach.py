@@ -122,7 +122,7 @@ def test_bad_options_and_data_write_nothing(data, tmp_path):
 
 
 def test_cli_coteach_help(capsys):
-    from ProstateKDLib.cli import main
+    from training.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["coteach", "--help"])

@@ -9,17 +9,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ProstateKDLib.distillers import DISTILLERS, build_distiller
-from ProstateKDLib.networks import build_network
+from conftest import unet
+from training.distillers import DISTILLERS, build_distiller
 
 PATCH = (16, 16, 8)
-
-
-def unet(in_channels: int = 1, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_network(
-        "unet", {"in_channels": in_channels, "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}
-    )
 
 
 def batch(channels: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +29,7 @@ def batch(channels: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
 
 def make(student=None, teacher_channels: int = 2, **options):
     return build_distiller(
-        "cross_modality", student or unet(1), [unet(teacher_channels, seed=10)],
+        "cross_modality", student or unet(in_channels=1), [unet(in_channels=teacher_channels, seed=10)],
         example_input=torch.zeros(1, 1, *PATCH), **options,
     )
 
@@ -74,14 +67,14 @@ def test_student_ignores_other_channels_teacher_does_not():
 
 
 def test_student_channels_option_selects_other_channels():
-    distiller = make(unet(2), teacher_channels=3, student_channels=[2, 0])
+    distiller = make(unet(in_channels=2), teacher_channels=3, student_channels=[2, 0])
     image, _ = batch(channels=3)
     assert torch.equal(distiller.select_student_input(image), image[:, [2, 0]])
     assert distiller.student_input(image[:, :2]).shape[1] == 2  # already selected
 
 
 def test_student_input_hook_is_identity_for_other_methods():
-    other = build_distiller("logit_kd", unet(1), [unet(1, seed=3)])
+    other = build_distiller("logit_kd", unet(in_channels=1), [unet(in_channels=1, seed=3)])
     image = torch.zeros(1, 2, *PATCH)
     assert other.student_input(image) is image
 
@@ -135,12 +128,12 @@ def test_validate_runs_student_on_selected_channels():
 )
 def test_wrong_channel_counts_refused(student_ch, teacher_ch, options, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        make(unet(student_ch), teacher_channels=teacher_ch, **options)
+        make(unet(in_channels=student_ch), teacher_channels=teacher_ch, **options)
 
 
 def test_wrong_teacher_count_and_image_channels_refused():
     with pytest.raises(ValueError, match="needs exactly 1 teacher, got 2"):
-        build_distiller("cross_modality", unet(1), [unet(2), unet(2, seed=1)])
+        build_distiller("cross_modality", unet(in_channels=1), [unet(in_channels=2), unet(in_channels=2, seed=1)])
     distiller = make()
     image, label = batch(channels=3)
     with pytest.raises(ValueError, match="needs the full 2-channel image .*got 3 channel"):
@@ -169,8 +162,8 @@ def test_adc_phantom_lower_in_gland_and_same_grid():
 
 
 def test_two_channel_dataset_reads_per_channel_and_trains(tmp_path):
-    from ProstateKDLib.dataset import read_case
-    from ProstateKDLib.dataset_msd import index_msd
+    from ProstateKDLib.datasets import read_case
+    from ProstateKDLib.datasets import index_msd
     from ProstateKDLib.phantom_adc import write_two_channel_dataset
 
     records = write_two_channel_dataset(tmp_path, cases=1, seed=5, size=(48, 48, 12))
@@ -211,7 +204,7 @@ def test_two_channel_teacher_distils_a_t2_student_end_to_end(tmp_path):
 
     import yaml
 
-    from ProstateKDLib.cli import main
+    from training.cli import main
     from ProstateKDLib.inference import Segmenter
     from ProstateKDLib.phantom_adc import write_two_channel_dataset
 

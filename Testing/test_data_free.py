@@ -71,7 +71,7 @@ def test_bad_options_and_full_folder(tiny_bundle, tmp_path):
 
 
 def test_cli_help():
-    from ProstateKDLib.cli import main
+    from training.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["distill-data-free", "--help"])

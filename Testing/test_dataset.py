@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ProstateKDLib.dataset import (
+from ProstateKDLib.datasets import (
     CaseRecord,
     index_cases,
     index_multisite,

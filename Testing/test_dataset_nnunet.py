@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ProstateKDLib.cli import main
-from ProstateKDLib.dataset import index_cases, read_case
-from ProstateKDLib.dataset_nnunet import index_nnunet, nnunet_channel
+from training.cli import main
+from ProstateKDLib.datasets import index_cases, read_case
+from ProstateKDLib.datasets.nnunet import index_nnunet, nnunet_channel
 from ProstateKDLib.errors import DataError
 from training.prepare import load_index
 

@@ -5,16 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ProstateKDLib.distillers import TrainingContext, build_distiller
-from ProstateKDLib.distillers.amal import per_sample_supervised_loss
-from ProstateKDLib.networks import build_network
+from conftest import unet
+from training.distillers import TrainingContext, build_distiller
+from training.distillers.amal import per_sample_supervised_loss
 
 PATCH = (16, 16, 8)
-
-
-def unet(channels=(4, 8, 16), seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_network("unet", {"channels": list(channels), "strides": [2, 2], "num_res_units": 0})
 
 
 def cube_case(seed: int) -> tuple[torch.Tensor, torch.Tensor]:

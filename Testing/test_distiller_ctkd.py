@@ -10,29 +10,15 @@ import pytest
 import torch
 import yaml
 
-from ProstateKDLib.distillers import DISTILLERS, build_distiller
-from ProstateKDLib.distillers.ctkd import cosine_lambda, reverse_gradient, tensor_temperature_kl
+from conftest import batch, unet
+from training.distillers import DISTILLERS, build_distiller
+from training.distillers.ctkd import cosine_lambda, reverse_gradient, tensor_temperature_kl
 from ProstateKDLib.errors import ConfigError, InputError
-from ProstateKDLib.losses import SoftmaxKLDivLoss
-from ProstateKDLib.networks import build_network
+from training.losses import SoftmaxKLDivLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "training" / "configs" / "smoke.yaml"
 PATCH = (16, 16, 8)
-
-
-def unet(channels=(4, 8, 16), seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_network("unet", {"channels": list(channels), "strides": [2, 2], "num_res_units": 0})
-
-
-def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    label = torch.zeros(2, 1, *PATCH, dtype=torch.uint8)
-    label[0, :, 4:12, 4:12, 2:6] = 1
-    label[1, :, 2:8, 6:14, 1:5] = 1
-    image = label.float() * 2 - 1 + 0.3 * torch.randn(2, 1, *PATCH, generator=g)
-    return image, label
 
 
 def make(n_teachers: int = 1, **options) -> torch.nn.Module:

@@ -5,32 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ProstateKDLib.distillers import DISTILLERS, build_distiller
-from ProstateKDLib.distillers import curriculum_experts
-from ProstateKDLib.distillers.curriculum_experts import (
+from conftest import batch, unet
+from training.distillers import DISTILLERS, build_distiller
+from training.distillers import curriculum_experts
+from training.distillers.curriculum_experts import (
     disagreement_difficulty,
     select_experts,
     student_loss_difficulty,
     unlocked_experts,
 )
-from ProstateKDLib.losses import SoftmaxKLDivLoss
-from ProstateKDLib.networks import build_network
+from training.losses import SoftmaxKLDivLoss
 
 PATCH = (16, 16, 8)
-
-
-def unet(channels=(4, 8, 16), seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_network("unet", {"channels": list(channels), "strides": [2, 2], "num_res_units": 0})
-
-
-def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    label = torch.zeros(2, 1, *PATCH, dtype=torch.uint8)
-    label[0, :, 4:12, 4:12, 2:6] = 1
-    label[1, :, 2:8, 6:14, 1:5] = 1
-    image = label.float() * 2 - 1 + 0.3 * torch.randn(2, 1, *PATCH, generator=g)
-    return image, label
 
 
 class Expert(torch.nn.Module):

@@ -8,26 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from ProstateKDLib.distillers import DISTILLERS, TrainingContext, build_distiller
-from ProstateKDLib.distillers import ta_ensemble
-from ProstateKDLib.distillers.ta_ensemble import fit_ensemble_weights, weighted_teacher_logits
-from ProstateKDLib.networks import build_network
+from conftest import FixedTeacher, batch, unet
+from training.distillers import DISTILLERS, TrainingContext, build_distiller
+from training.distillers import ta_ensemble
+from training.distillers.ta_ensemble import fit_ensemble_weights, weighted_teacher_logits
 
 PATCH = (16, 16, 8)
-
-
-def unet(channels=(4, 8, 16), seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_network("unet", {"channels": list(channels), "strides": [2, 2], "num_res_units": 0})
-
-
-def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    label = torch.zeros(2, 1, *PATCH, dtype=torch.uint8)
-    label[0, :, 4:12, 4:12, 2:6] = 1
-    label[1, :, 2:8, 6:14, 1:5] = 1
-    image = label.float() * 2 - 1 + 0.3 * torch.randn(2, 1, *PATCH, generator=g)
-    return image, label
 
 
 def volumes(count: int = 2, shape=(20, 20, 10)) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -46,20 +32,6 @@ def context(vols, resumed: bool = False) -> TrainingContext:
                            device=torch.device("cpu"), seed=0, resumed=resumed)
 
 
-class FixedTeacher(torch.nn.Module):
-    """A 1x1x1 convolution turning a {-1, +1} image into confident logits (``sign=-1``: the complement)."""
-
-    def __init__(self, sign: float) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv3d(1, 2, 1)
-        with torch.no_grad():
-            self.conv.weight[:] = torch.tensor([-4.0, 4.0]).view(2, 1, 1, 1, 1) * sign
-            self.conv.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
 def test_registered_with_formula_and_reference():
     cls = DISTILLERS.get("ta_ensemble")
     assert cls.name == "ta_ensemble" and list(cls.loss_names) == ["dice", "lovasz", "kl"]
@@ -68,7 +40,7 @@ def test_registered_with_formula_and_reference():
 
 
 def test_weighted_target_is_the_weighted_average_of_softened_probabilities():
-    from ProstateKDLib.distillers._common import mean_teacher_logits
+    from training.distillers.parts import mean_teacher_logits
 
     logits = [torch.randn(2, 2, 4, 4, 2) * 3 for _ in range(3)]
     w = torch.tensor([0.5, 0.3, 0.2])

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from ProstateKDLib.distillers import DISTILLERS, build_distiller
+from conftest import FixedTeacher, batch, unet
+from training.distillers import DISTILLERS, build_distiller
 from ProstateKDLib.errors import ConfigError
-from ProstateKDLib.networks import build_network
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "training" / "configs" / "smoke.yaml"
@@ -25,21 +25,6 @@ TERMS = {
     "multi_teacher_adaptive": ["dice", "lovasz", "kl", "feature"],
 }
 N_TEACHERS = {"none": 0, "logit_kd": 2, "seed_kd": 1, "multi_teacher_mean": 2, "multi_teacher_adaptive": 3}
-
-
-def unet(channels=(4, 8, 16), seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_network("unet", {"channels": list(channels), "strides": [2, 2], "num_res_units": 0})
-
-
-def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two patches with a bright cube labelled as gland (a real, learnable signal)."""
-    g = torch.Generator().manual_seed(seed)
-    label = torch.zeros(2, 1, *PATCH, dtype=torch.uint8)
-    label[0, :, 4:12, 4:12, 2:6] = 1
-    label[1, :, 2:8, 6:14, 1:5] = 1
-    image = label.float() * 2 - 1 + 0.3 * torch.randn(2, 1, *PATCH, generator=g)
-    return image, label
 
 
 def make(name: str, student: torch.nn.Module | None = None, **options) -> "torch.nn.Module":
@@ -107,7 +92,7 @@ def test_teacher_count_and_option_checks():
 
 # ------------------------------------------------------------------ teacher targets
 def test_mean_teacher_target_is_the_average_of_softened_probabilities():
-    from ProstateKDLib.distillers._common import mean_teacher_logits
+    from training.distillers.parts import mean_teacher_logits
 
     logits = [torch.randn(2, 2, 4, 4, 2) * 3 for _ in range(3)]
     mixed = mean_teacher_logits(logits, 2.0)
@@ -115,29 +100,15 @@ def test_mean_teacher_target_is_the_average_of_softened_probabilities():
     assert torch.allclose(torch.softmax(mixed / 2.0, 1), expected, atol=1e-6)
     distiller = make("multi_teacher_mean")
     student = torch.randn(2, 2, 4, 4, 2)
-    from ProstateKDLib.losses import SoftmaxKLDivLoss
+    from training.losses import SoftmaxKLDivLoss
 
     weights = torch.full((2, 3), 1 / 3)
     assert torch.allclose(distiller.kl_term(student, logits[:2], weights[:, :2]),
                           SoftmaxKLDivLoss(2.0)(student, mean_teacher_logits(logits[:2], 2.0)))
 
 
-class FixedTeacher(torch.nn.Module):
-    """A 1x1x1 convolution turning a {-1, +1} image into confident logits (``sign=-1``: the complement)."""
-
-    def __init__(self, sign: float) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv3d(1, 2, 1)
-        with torch.no_grad():
-            self.conv.weight[:] = torch.tensor([-4.0, 4.0]).view(2, 1, 1, 1, 1) * sign
-            self.conv.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
 def test_adaptive_weights_follow_each_teachers_reliability_per_sample():
-    from ProstateKDLib.distillers.multi_teacher_adaptive import adaptive_teacher_weights
+    from training.distillers.multi_teacher_adaptive import adaptive_teacher_weights
 
     _, label = batch()
     onehot = torch.cat([1 - label, label], 1).float()
@@ -173,7 +144,7 @@ def test_adaptive_student_down_weights_an_inverted_teacher_in_training():
     assert (w[:, 2] < 1e-3).all() and (w[:, :2] > 0.49).all()
     assert float(distiller.stats["weight_t2"]) < 1e-3 and float(distiller.stats["reliability_t0"]) > 0.99
     # the KL term is the weighted sum of per-teacher KLs: about the KL to the good teachers only
-    from ProstateKDLib.losses import SoftmaxKLDivLoss
+    from training.losses import SoftmaxKLDivLoss
 
     logits = distiller.student(image)
     kl_good = SoftmaxKLDivLoss(2.0)(logits, teachers[0](image))

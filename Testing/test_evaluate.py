@@ -9,7 +9,7 @@ import math
 import pytest
 import SimpleITK as sitk
 
-from ProstateKDLib.cli import main
+from training.cli import main
 from training.evaluate import (
     COLUMNS,
     RESULT_FILES,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ProstateKDLib.cli import main
+from training.cli import main
 from ProstateKDLib.errors import OutputError
 from training.export_monai import export_monai_bundle
 

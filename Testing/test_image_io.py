@@ -678,7 +678,7 @@ def test_nifti_non_finite_values(tmp_path: Path, volume: sitk.Image, suffix: str
 def test_nifti2(tmp_path: Path, suffix: str) -> None:
     """SimpleITK 2.5 cannot read NIfTI-2: say so. The NIfTI-2 data check itself works."""
     nib = pytest.importorskip("nibabel")
-    from ProstateKDLib.image_io import _inspect_nifti
+    from ProstateKDLib.image_io import inspect_nifti
 
     data = np.random.default_rng(0).random((16, 16, 8)).astype(np.float32)
     path = tmp_path / f"t2{suffix}"
@@ -686,10 +686,10 @@ def test_nifti2(tmp_path: Path, suffix: str) -> None:
     with pytest.raises(InputError) as excinfo:
         read_volume(path)
     assert message(excinfo) == f"cannot read {path}: NIfTI-2 is not supported; save it as NIfTI-1"
-    assert _inspect_nifti(path) is None
+    assert inspect_nifti(path) is None
     data[15, 15, 7] = np.nan  # the very last voxel
     nib.save(nib.Nifti2Image(data, np.eye(4)), path)
-    assert _inspect_nifti(path) == "non-finite"
+    assert inspect_nifti(path) == "non-finite"
 
 
 def test_real_tri_planar_localizer_folder() -> None:

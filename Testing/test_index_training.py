@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ProstateKDLib.cli import main
+from training.cli import main
 from training.prepare import prepare_index
 from training.train import learning_rate
 

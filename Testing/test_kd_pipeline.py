@@ -25,13 +25,9 @@ SITES = ["BMC", "RUNMC"]
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
+def data_root(phantom_folder) -> Path:
     """Two sites x 4 coarse phantoms (48 x 48 x 12 voxels)."""
-    from ProstateKDLib.phantom import write_phantom_dataset
-
-    root = tmp_path_factory.mktemp("kd-data")
-    write_phantom_dataset(root, cases_per_site=4, sites=SITES, size=(48, 48, 12), seed=3)
-    return root
+    return phantom_folder(4, SITES, seed=3)
 
 
 def smoke_dict(root: Path, **changes) -> dict:
@@ -68,7 +64,7 @@ def write_yaml(data: dict, path: Path) -> Path:
 # ------------------------------------------------------------------ the whole pipeline through the CLI
 def _split(data_root: Path, work: Path, main) -> tuple[Path, list, Path | None]:
     """(training case list .csv, test cases, dataset index or None): prepare's split when it exists."""
-    from ProstateKDLib.dataset import index_cases
+    from ProstateKDLib.datasets import index_cases
 
     try:
         from training.prepare import index_split
@@ -96,7 +92,7 @@ def _split(data_root: Path, work: Path, main) -> tuple[Path, list, Path | None]:
 
 def test_pipeline_teachers_per_site_adaptive_student_evaluate_export_segment(data_root, tmp_path, capsys):
     from ProstateKDLib.bundle import load_bundle
-    from ProstateKDLib.cli import main
+    from training.cli import main
 
     table, test, index = _split(data_root, tmp_path, main)
     teacher_yaml = write_yaml(teacher_dict(data_root), tmp_path / "teacher.yaml")
@@ -163,7 +159,7 @@ def test_pipeline_teachers_per_site_adaptive_student_evaluate_export_segment(dat
 
 
 def test_train_teacher_checks(data_root, tmp_path, capsys):
-    from ProstateKDLib.cli import main
+    from training.cli import main
     from training.train_teacher import parse_subsets, plan_subsets
     from training.config import config_from_dict
 
@@ -177,7 +173,7 @@ def test_train_teacher_checks(data_root, tmp_path, capsys):
     assert [s.name for s in plan_subsets(config, "all")] == ["all"]
     assert [s.data for s in plan_subsets(config, "per-site")] == [{"sites": ["BMC"]}, {"sites": ["RUNMC"]}]
     from training.cases import random_subset
-    from ProstateKDLib.dataset import index_cases
+    from ProstateKDLib.datasets import index_cases
 
     cases = index_cases(data_root)
     parts = [random_subset(cases, i, 3, seed=0) for i in range(3)]
@@ -259,7 +255,7 @@ def test_resume_with_adapters_equals_uninterrupted_run(data_root, tmp_path, monk
 
 def test_distill_refuses_a_teacher_on_another_grid(data_root, tmp_path, capsys, model_json):
     from conftest import make_bundle
-    from ProstateKDLib.cli import main
+    from training.cli import main
 
     make_bundle(tmp_path / "teacher", model_json)  # 1 x 1 x 3 mm; the student config uses 4 x 4 x 6 mm
     kd = smoke_dict(data_root, **{"distiller": {"name": "logit_kd"}})
@@ -324,7 +320,7 @@ def test_torchrun_two_cpu_processes(data_root, tmp_path, model_json):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), "-m",
-           "ProstateKDLib.cli", "distill", str(config), "--run-dir", str(tmp_path / "run"), "--teachers",
+           "training.cli", "distill", str(config), "--run-dir", str(tmp_path / "run"), "--teachers",
            str(tmp_path / "teacher"), "--quiet"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ProstateKDLib.losses import (
+from training.losses import (
     FeatureAdapter,
     FeatureDistillationLoss,
     FeatureHooks,

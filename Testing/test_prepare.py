@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ProstateKDLib.cli import main
-from ProstateKDLib.dataset import CaseRecord, index_cases, load_case, read_case
-from ProstateKDLib.dataset_msd import index_msd, msd_default_channel
-from ProstateKDLib.dataset_saved import SAVED_INDEX
+from training.cli import main
+from ProstateKDLib.datasets import CaseRecord, index_cases, load_case, read_case
+from ProstateKDLib.datasets import index_msd, msd_default_channel
+from ProstateKDLib.datasets import SAVED_INDEX
 from ProstateKDLib.errors import DataError, OutputError
 from training.prepare import (
     BadCaseError,

@@ -11,17 +11,13 @@ import pytest
 import torch
 import yaml
 
-from ProstateKDLib.distillers import DISTILLERS, build_distiller
+from conftest import unet
+from training.distillers import DISTILLERS, build_distiller
 from ProstateKDLib.errors import ConfigError, OutputError
 from ProstateKDLib.networks import build_network
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "training" / "configs" / "smoke.yaml"
-
-
-def unet(channels=(4, 8, 16), seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_network("unet", {"channels": list(channels), "strides": [2, 2], "num_res_units": 0})
 
 
 def read_log(run: Path) -> list[dict[str, str]]:
@@ -30,12 +26,8 @@ def read_log(run: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    from ProstateKDLib.phantom import write_phantom_dataset
-
-    root = tmp_path_factory.mktemp("self-distill-data")
-    write_phantom_dataset(root, cases_per_site=3, sites=["RUNMC", "BMC"], size=(48, 48, 12))
-    return root
+def data_root(phantom_folder) -> Path:
+    return phantom_folder(3, ["RUNMC", "BMC"])
 
 
 def smoke_dict(root: Path) -> dict:
@@ -178,7 +170,7 @@ def test_generation_configs(data_root, tmp_path):
 
 # ------------------------------------------------------------------ the command
 def test_cli_self_distill(data_root, tmp_path, capsys):
-    from ProstateKDLib.cli import main
+    from training.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["self-distill", "--help"])

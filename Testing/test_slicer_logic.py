@@ -349,9 +349,9 @@ def test_save_training_case_round_trip(scene, make_volume, tmp_path):
     assert rows[0]["image"] == "SLICER/Case00.nii.gz" and rows[0]["label"] == "SLICER/Case00_segmentation.nii.gz"
     assert rows[0]["source"] == "slicer-correction" and rows[0]["site"] == "SLICER"
 
-    dataset_module = pytest.importorskip("ProstateKDLib.dataset")
+    dataset_module = pytest.importorskip("ProstateKDLib.datasets")
     if not hasattr(dataset_module, "index_multisite"):
-        pytest.skip("ProstateKDLib.dataset.index_multisite does not exist yet")
+        pytest.skip("ProstateKDLib.datasets.index_multisite does not exist yet")
     records = dataset_module.index_multisite(dataset)
     assert [r.case_id for r in records] == ["SLICER/Case00", "SLICER/Case01"]
 

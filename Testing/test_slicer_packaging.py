@@ -38,13 +38,43 @@ def _files(folder: str, pattern: str) -> list[str]:
     )
 
 
-def test_every_python_file_is_listed_in_cmake():
+def _module_needs() -> list[str]:
+    """Files the module runs, and all they import: ProstateKD.py and the library's ``python -m`` entry points.
+
+    The entry points are ``ProstateKDLib/__main__.py``, ``ProstateKDLib/cli/`` and every library module
+    with a ``__main__`` block (the worker and the ONNX export the module and its messages start).
+    """
+    from conftest import imports_of, module_name
+
+    runnable = [p for p in sorted((ROOT / "ProstateKDLib").rglob("*.py"))
+                if 'if __name__ == "__main__":' in p.read_text(encoding="utf-8")]
+    start = [MODULE, ROOT / "ProstateKDLib" / "__main__.py", *sorted((ROOT / "ProstateKDLib" / "cli").glob("*.py")),
+             *runnable]
+    needed: dict[str, Path] = {}
+    todo = list(start)
+    while todo:
+        path = todo.pop()
+        name = "ProstateKD" if path == MODULE else module_name(path)
+        if name in needed:
+            continue
+        needed[name] = path
+        parents = [".".join(name.split(".")[:i]) for i in range(1, len(name.split(".")))]
+        for imported in imports_of(path) | set(parents):
+            base = ROOT.joinpath(*imported.split("."))
+            todo += [f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()]
+    return sorted(p.relative_to(ROOT).as_posix() for p in needed.values())
+
+
+def test_cmake_lists_exactly_the_python_files_the_module_needs():
     listed = _cmake_list("MODULE_PYTHON_SCRIPTS")
-    missing = [f for f in ["ProstateKD.py", *_files("ProstateKDLib", "*.py")] if f not in listed]
+    needed = _module_needs()
+    assert "ProstateKDLib/slicer_logic.py" in needed and "ProstateKDLib/cli/segment.py" in needed
+    missing = [f for f in needed if f not in listed]
     assert not missing, f"add to MODULE_PYTHON_SCRIPTS in CMakeLists.txt: {missing}"
-    stale = [f for f in listed if not (ROOT / f).is_file()]
-    assert not stale, f"listed in MODULE_PYTHON_SCRIPTS but missing: {stale}"
+    extra = [f for f in listed if f not in needed]
+    assert not extra, f"the module never imports these; remove them from MODULE_PYTHON_SCRIPTS: {extra}"
     assert len(listed) == len(set(listed)), "duplicate entries in MODULE_PYTHON_SCRIPTS"
+    assert not any(f.startswith("training/") for f in listed)
 
 
 def test_every_resource_is_listed_in_cmake():

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from ProstateKDLib.distillers import DISTILLERS
+from training.distillers import DISTILLERS
 from ProstateKDLib.errors import ConfigError, OutputError
 from training.config import config_from_dict, load_config
 
@@ -22,13 +22,9 @@ STUDENT = ROOT / "training" / "configs" / "student_phantom.yaml"
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
+def data_root(phantom_folder) -> Path:
     """Two sites x 3 coarse phantoms (48 x 48 x 12 voxels)."""
-    from ProstateKDLib.phantom import write_phantom_dataset
-
-    root = tmp_path_factory.mktemp("train-data")
-    write_phantom_dataset(root, cases_per_site=3, sites=["RUNMC", "BMC"], size=(48, 48, 12))
-    return root
+    return phantom_folder(3, ["RUNMC", "BMC"])
 
 
 @pytest.fixture
@@ -172,7 +168,7 @@ def tiny_unet(seed: int = 0) -> torch.nn.Module:
 
 
 def test_teachers_stay_frozen_and_in_eval_mode():
-    from ProstateKDLib.distillers.base import Distiller
+    from training.distillers.base import Distiller
 
     class Probe(Distiller):
         loss_names = ("probe",)
@@ -205,7 +201,7 @@ def test_teachers_stay_frozen_and_in_eval_mode():
 
 
 def test_none_distiller_terms_and_checks():
-    from ProstateKDLib.distillers import DISTILLERS, build_distiller
+    from training.distillers import DISTILLERS, build_distiller
 
     assert "none" in DISTILLERS.names()  # the full list: Testing/test_distillers.py
     distiller = build_distiller("none", tiny_unet(), [], {"ce": 0.5})
@@ -224,8 +220,8 @@ def test_none_distiller_terms_and_checks():
 
 def test_training_steps_lower_the_loss(data_root):
     """A few real optimisation steps on one preprocessed phantom patch lower Dice + CE."""
-    from ProstateKDLib.dataset import index_multisite, load_case
-    from ProstateKDLib.distillers import build_distiller
+    from ProstateKDLib.datasets import index_multisite, load_case
+    from training.distillers import build_distiller
     from ProstateKDLib.networks import build_network
     from training.sampling import pad_to
 
@@ -409,7 +405,7 @@ def test_export_writes_a_loadable_bundle(trained_run, tmp_path):
 
 # ------------------------------------------------------------------------- CLI
 def test_cli_train_export_segment(tmp_path, data_root, capsys):
-    from ProstateKDLib.cli import main
+    from training.cli import main
 
     run_dir = tmp_path / "run"
     args = ["train", str(SMOKE), "--run-dir", str(run_dir), "--data-root", str(data_root), "--quiet"]

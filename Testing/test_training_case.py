@@ -52,7 +52,7 @@ def test_round_trip_numbering_and_index(tmp_path, pair):
     assert rows[1]["added"][:2] == "20" and "T" in rows[1]["added"]
     assert not [p for p in tmp_path.rglob(".*")]  # no temporary file left behind
 
-    from ProstateKDLib.dataset import index_multisite
+    from ProstateKDLib.datasets import index_multisite
 
     assert [r.case_id for r in index_multisite(tmp_path)] == ["MYSITE/Case00", "RUNMC/Case00", "RUNMC/Case01"]
 

@@ -37,7 +37,6 @@ exact result of an uninterrupted run); only ``epochs``, ``device`` and
 from __future__ import annotations
 
 import copy
-import csv
 import datetime as _dt
 import math
 import os
@@ -48,6 +47,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ProstateKDLib import checks
+from ProstateKDLib.datasets import find_label, image_suffix, is_label_name, label_name, read_csv_rows, resolve
 from ProstateKDLib.errors import BundleError, ConfigError, DataError, OutputError
 from .run_folder import check_output_folder, check_resumable_options, write_log_csv
 
@@ -62,14 +63,6 @@ FREE_OPTIONS = ("epochs", "device", "num_threads")  # may change on resume
 
 
 # ------------------------------------------------------------------ options
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
-
-
 @dataclass(frozen=True)
 class AdaptOptions:
     """Hyper-parameters of a mean-teacher adaptation (checked on construction).
@@ -111,36 +104,23 @@ class AdaptOptions:
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        def fail(name: str, need: str) -> ConfigError:
-            return ConfigError(f"adapt option '{name}' must be {need}, got {getattr(self, name)!r}")
-
-        for name in ("epochs", "batch_size", "patches_per_volume"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise fail(name, "an integer >= 1")
-        for name in ("rampup_epochs", "seed"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
-                raise fail(name, "an integer >= 0")
-        if not _is_number(self.ema_decay) or not 0.0 <= self.ema_decay < 1.0:
-            raise fail("ema_decay", "a number in [0, 1)")
-        for name in ("consistency_weight", "weight_decay", "noise_std"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
-                raise fail(name, "a number >= 0")
-        if not _is_number(self.learning_rate) or self.learning_rate <= 0:
-            raise fail("learning_rate", "a number > 0")
-        if not _is_number(self.positive_fraction) or not 0.0 <= self.positive_fraction <= 1.0:
-            raise fail("positive_fraction", "a number in [0, 1]")
+        at_least_1, at_least_0 = (lambda v: checks.integer_at_least(v, 1)), (lambda v: checks.integer_at_least(v, 0))
+        rules: dict[str, Any] = {"epochs": at_least_1, "batch_size": at_least_1, "patches_per_volume": at_least_1,
+                                 "rampup_epochs": at_least_0, "seed": at_least_0,
+                                 "ema_decay": lambda v: checks.number_in(v, 0.0, 1.0, high_open=True)}
+        rules.update(dict.fromkeys(("consistency_weight", "weight_decay", "noise_std"), checks.non_negative_number))
+        rules.update({"learning_rate": checks.positive_number,
+                      "positive_fraction": lambda v: checks.number_in(v, 0.0, 1.0),
+                      "scale_range": checks.number_range, "shift_range": checks.number_range})
+        checks.check_options(self, "adapt", rules)
         for name in ("scale_range", "shift_range"):
-            value = getattr(self, name)
-            if (not isinstance(value, (list, tuple)) or len(value) != 2 or not all(_is_number(v) for v in value)
-                    or value[0] > value[1]):
-                raise fail(name, "[low, high] with low <= high")
-            object.__setattr__(self, name, (float(value[0]), float(value[1])))
-        if self.scale_range[0] <= 0:
-            raise fail("scale_range", "positive")
-        if not isinstance(self.device, str) or not self.device:
-            raise fail("device", "a device name (auto, cpu, cuda, cuda:N or mps)")
-        if self.num_threads is not None and (not _is_int(self.num_threads) or self.num_threads < 1):
-            raise fail("num_threads", "an integer >= 1 or None")
+            object.__setattr__(self, name, checks.number_range(getattr(self, name)))
+        checks.check_options(self, "adapt", {
+            "scale_range": lambda v: checks.need(v[0] > 0, "positive", v),
+            "device": lambda v: checks.need(isinstance(v, str) and bool(v),
+                                            "a device name (auto, cpu, cuda, cuda:N or mps)", v),
+            "num_threads": lambda v: checks.optional_integer_at_least(v, 1),
+        })
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (ranges as lists)."""
@@ -169,19 +149,6 @@ class TargetImage:
     channel: int | None = None
 
 
-def _image_suffix(name: str) -> str | None:
-    from ProstateKDLib.dataset import IMAGE_SUFFIXES
-
-    return next((s for s in IMAGE_SUFFIXES if name.lower().endswith(s)), None)
-
-
-def _is_label_name(name: str) -> bool:
-    from ProstateKDLib.dataset import LABEL_TAG
-
-    suffix = _image_suffix(name)
-    return bool(suffix) and name[: -len(suffix)].lower().endswith(LABEL_TAG)
-
-
 def _sites_of_folder(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -190,22 +157,19 @@ def _target_images_in_folder(root: Path, site: str) -> list[TargetImage]:
     folder = root / site
     images = []
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        suffix = _image_suffix(path.name)
-        if suffix and not _is_label_name(path.name):
+        suffix = image_suffix(path.name)
+        if suffix and not is_label_name(path.name):
             images.append(TargetImage(f"{site}/{path.name[: -len(suffix)]}", site, path))
     return images
 
 
 def _index_csv(path: Path, target_site: str) -> tuple[list[Any], list[TargetImage], list[str]]:
     """Source records (labels checked) and target images (label column ignored) of a case list."""
-    from ProstateKDLib.dataset import CaseRecord
+    from ProstateKDLib.datasets import CaseRecord
 
     if not path.is_file():
         raise DataError(f"case list not found: {path}")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    columns, rows = read_csv_rows(path)
     for column in ("image", "site"):
         if column not in columns:
             raise DataError(f"case list {path.name}: missing column '{column}' (adaptation needs image,label,site)")
@@ -216,9 +180,8 @@ def _index_csv(path: Path, target_site: str) -> tuple[list[Any], list[TargetImag
     source, target, seen = [], [], set()
     for line, row in numbered:
         site = row.get("site") or "default"
-        image = Path(row.get("image") or "").expanduser()
-        image = image if image.is_absolute() else path.parent / image
-        suffix = _image_suffix(image.name)
+        image = resolve(path.parent, row.get("image") or "")
+        suffix = image_suffix(image.name)
         case_id = f"{site}/{image.name[: -len(suffix)] if suffix else image.stem}"
         if not row.get("image") or not image.is_file():
             raise DataError(f"case {case_id}: image file not found: {image}")
@@ -232,8 +195,7 @@ def _index_csv(path: Path, target_site: str) -> tuple[list[Any], list[TargetImag
             raise DataError(
                 f"case list {path.name} line {line}: case {case_id} has no label (source cases need labels)"
             )
-        label = Path(row["label"]).expanduser()
-        label = label if label.is_absolute() else path.parent / label
+        label = resolve(path.parent, row["label"])
         if not label.is_file():
             raise DataError(f"case {case_id}: label file not found: {label} (source cases need labels)")
         source.append(CaseRecord(case_id, site, image, label))
@@ -250,19 +212,19 @@ def index_adaptation_data(
     """``(source cases, target images)`` of a multi-site folder or ``.csv`` case list.
 
     Source cases are the labelled cases of every site but ``target_site``
-    (:class:`~ProstateKDLib.dataset.CaseRecord`); target images are the images of
+    (:class:`~ProstateKDLib.datasets.CaseRecord`); target images are the images of
     ``target_site`` only (:class:`TargetImage`, no label path: the target site's
     label files may be absent). Decathlon and Slicer-saved layouts are read with
-    :func:`~ProstateKDLib.dataset.index_cases`, which needs every label on disk,
+    :func:`~ProstateKDLib.datasets.index_cases`, which needs every label on disk,
     and the target labels are dropped at once.
 
     Raises:
         DataError: ``no cases of site 'X' in <data> (sites: A, B)``; ``no labelled source cases ...``;
             and the messages of the data set indexers.
     """
-    from ProstateKDLib.dataset import index_cases
-    from ProstateKDLib.dataset_msd import MSD_DESCRIPTOR
-    from ProstateKDLib.dataset_saved import SAVED_INDEX
+    from ProstateKDLib.datasets import index_cases
+    from ProstateKDLib.datasets import MSD_DESCRIPTOR
+    from ProstateKDLib.datasets import SAVED_INDEX
 
     if not isinstance(target_site, str) or not target_site:
         raise DataError(f"target site must be a site name, got {target_site!r}")
@@ -289,20 +251,20 @@ def index_adaptation_data(
 
 def _source_cases_in_folder(root: Path, sites: Sequence[str]) -> list[Any]:
     """Labelled cases of ``<root>/<site>/`` for ``sites`` (same pairing rules as ``index_multisite``)."""
-    from ProstateKDLib.dataset import LABEL_TAG, CaseRecord
+    from ProstateKDLib.datasets import CaseRecord
 
     records = []
     for site in sites:
         folder = root / site
         files = {p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
         for name in sorted(files):
-            suffix = _image_suffix(name)
-            if suffix is None or _is_label_name(name):
+            suffix = image_suffix(name)
+            if suffix is None or is_label_name(name):
                 continue
             stem = name[: -len(suffix)]
-            label = next((files[n] for n in files if n.lower() == f"{stem}{LABEL_TAG}{suffix}".lower()), None)
+            label = find_label(files, stem, suffix)
             if label is None:
-                raise DataError(f"case {site}/{stem}: label file missing (expected {site}/{stem}{LABEL_TAG}{suffix}); "
+                raise DataError(f"case {site}/{stem}: label file missing (expected {site}/{label_name(stem, suffix)}); "
                                 "source cases need labels")
             records.append(CaseRecord(f"{site}/{stem}", site, files[name], label))
     return records
@@ -410,10 +372,10 @@ def _preprocess_target(image: TargetImage, meta: Any) -> Any:
     """The target image on the model grid, normalised: read exactly as inference reads it (no label)."""
     import torch
 
-    from ProstateKDLib.dataset import _read_image
+    from ProstateKDLib.datasets import read_image
     from ProstateKDLib.preprocessing import preprocess_image
 
-    volume = _read_image(image)  # uses only .image, .channel and .case_id
+    volume = read_image(image)  # uses only .image, .channel and .case_id
     tensor, _ = preprocess_image(volume, meta.orientation, meta.spacing, meta.normalization)
     return torch.as_tensor(tensor.as_tensor(), dtype=torch.float32).contiguous()
 
@@ -527,8 +489,8 @@ def _adapt(bundle: Any, data: Any, target_site: str, out_dir: Path, options: Ada
     from tqdm.auto import tqdm
 
     from ProstateKDLib.bundle import save_bundle
-    from ProstateKDLib.dataset import load_case
-    from ProstateKDLib.distillers._common import dice_ce_loss, dice_ce_terms
+    from ProstateKDLib.datasets import load_case
+    from training.distillers.parts import dice_ce_loss, dice_ce_terms
     from ProstateKDLib.networks import count_parameters
 
     from .checkpoint import LAST, atomic_save, capture_rng, load_checkpoint, restore_rng, seed_everything
@@ -652,17 +614,16 @@ def target_cases_with_labels(data: str | os.PathLike, target_site: str) -> list[
 
     Call it only after adapting: this is the one place the target labels are looked at.
     """
-    from ProstateKDLib.dataset import LABEL_TAG, CaseRecord, index_cases
+    from ProstateKDLib.datasets import CaseRecord, index_cases
 
     path = Path(data).expanduser()
     if path.is_dir() and not str(data).lower().endswith(".csv"):
         images = _target_images_in_folder(path, target_site) if (path / target_site).is_dir() else []
         cases = []
         for image in images:
-            suffix = _image_suffix(image.image.name) or ""
+            suffix = image_suffix(image.image.name) or ""
             stem = image.image.name[: -len(suffix)]
-            label = next((p for p in image.image.parent.iterdir()
-                          if p.name.lower() == f"{stem}{LABEL_TAG}{suffix}".lower()), None)
+            label = find_label({p.name: p for p in image.image.parent.iterdir()}, stem, suffix)
             if label is None:
                 return None
             cases.append(CaseRecord(image.case_id, target_site, image.image, label, image.channel))

@@ -45,7 +45,7 @@ def filter_cases(cases: Sequence[Any], data: DataConfig) -> list[Any]:
     Raises:
         DataError: a listed site has no case, or nothing is left.
     """
-    from ProstateKDLib.dataset import limit_cases
+    from ProstateKDLib.datasets import limit_cases
 
     cases = list(cases)
     if data.sites is not None:
@@ -87,7 +87,7 @@ def index_cases_of(config: Config) -> tuple[list[Any], list[Any]]:
 
 def development_cases(config: Config) -> list[Any]:
     """Every case a run of ``config`` may train or validate on, before ``data.sites``/``cases``/``subset``."""
-    from ProstateKDLib.dataset import index_cases
+    from ProstateKDLib.datasets import index_cases
 
     if config.data.index is not None:
         train, val = index_cases_of(config)
@@ -103,7 +103,7 @@ def select_cases(config: Config) -> tuple[list[Any], list[Any]]:
     """
     from dataclasses import replace
 
-    from ProstateKDLib.dataset import index_cases, split_cases
+    from ProstateKDLib.datasets import index_cases, split_cases
 
     if config.data.index is not None:
         train, val = index_cases_of(config)

@@ -1,4 +1,7 @@
-"""Training subcommands of ``prostatekd`` (added to the CLI by ``ProstateKDLib.cli``).
+"""The full ``prostatekd`` command: the library's subcommands plus the training ones.
+
+``prostatekd`` (the installed script) and ``python -m training.cli`` run :func:`main`;
+the library (``ProstateKDLib.cli``) never imports this package.
 
 Each command is a module of ``training.commands`` with ``add_parser(subparsers)``;
 a new command is one new module plus its name in ``COMMANDS``. Imports of
@@ -10,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from typing import Any
+import sys
+from typing import Any, Sequence
 
 COMMANDS = ("train", "export", "prepare", "evaluate", "train_teacher", "distill", "self_distill", "adapt", "coteach",
             "distill_data_free")
@@ -41,3 +45,21 @@ def _add_set_option(parser: argparse.ArgumentParser) -> None:
             return run(args)
 
     parser.set_defaults(func=run_with_overrides)
+
+
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
+    """The full ``prostatekd`` parser: the library's subcommands and the training ones."""
+    from ProstateKDLib.cli import build_parser as library_parser
+
+    return library_parser(json_errors=json_errors, extra=add_parsers)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``prostatekd`` with every command; returns the process exit code."""
+    from ProstateKDLib.cli import main as library_main
+
+    return library_main(argv, extra=add_parsers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

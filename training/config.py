@@ -12,7 +12,7 @@ file and the dotted key, with one of these messages::
 
 The ``distiller`` section holds ``name``, ``weights`` (one per loss term of the
 method) and the method's options (``temperature``, ``tau``, ...; see
-:attr:`ProstateKDLib.distillers.Distiller.options`). ``teachers`` lists model
+:attr:`training.distillers.Distiller.options`). ``teachers`` lists model
 bundles (paths or installed names), training runs (their ``bundle/``) or
 ``train-teacher`` folders (every teacher in its ``teachers.json``).
 
@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ProstateKDLib import checks
+from ProstateKDLib.checks import plain_data
 from ProstateKDLib.errors import ConfigError
 
 ORIENTATION_LETTERS = ("LR", "PA", "IS")
@@ -148,7 +149,7 @@ class DistillerConfig:
 
     def resolved_options(self) -> dict[str, Any]:
         """Every option of the method, defaults filled in."""
-        from ProstateKDLib.distillers import DISTILLERS
+        from training.distillers import DISTILLERS
 
         return DISTILLERS.get(self.name).check_options(self.options)
 
@@ -199,15 +200,7 @@ class Config:
             out.pop("teachers")
         if out["augmentation"] is None:
             out.pop("augmentation")
-        return _plain(out)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+        return plain_data(out)
 
 
 # ------------------------------------------------------------------ validation
@@ -246,22 +239,27 @@ class _Section:
 
 
 def _show(value: Any) -> str:
-    return repr(value) if not isinstance(value, Mapping) else "a mapping"
+    return checks.show(value)
 
 
 def _raw(section: _Section, key: str, value: Any) -> Any:
     return value
 
 
-def _int(low: int | None = None) -> Callable[[_Section, str, Any], int]:
-    def check(section: _Section, key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise section.error(key, f"must be an integer, got {_show(value)}")
-        if low is not None and value < low:
-            raise section.error(key, f"must be at least {low}, got {value}")
-        return value
+def _checked(primitive: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[_Section, str, Any], Any]:
+    """A section check from a :mod:`ProstateKDLib.checks` primitive: its message, prefixed with the key."""
+
+    def check(section: _Section, key: str, value: Any) -> Any:
+        try:
+            return primitive(value, *args, **kwargs)
+        except ValueError as exc:
+            raise section.error(key, str(exc)) from None
 
     return check
+
+
+def _int(low: int | None = None) -> Callable[[_Section, str, Any], int]:
+    return _checked(checks.integer, low)
 
 
 def _optional(check: Callable[[_Section, str, Any], Any]) -> Callable[[_Section, str, Any], Any]:
@@ -273,45 +271,15 @@ def _optional(check: Callable[[_Section, str, Any], Any]) -> Callable[[_Section,
 
 def _float(low: float | None = None, high: float | None = None, low_open: bool = False,
            high_open: bool = False) -> Callable[[_Section, str, Any], float]:
-    if high is None:
-        interval = f"{'>' if low_open else '>='} {low:g}"
-    else:
-        interval = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-
-    def check(section: _Section, key: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise section.error(key, f"must be a number, got {_show(value)}")
-        value = float(value)
-        too_low = low is not None and (value <= low if low_open else value < low)
-        too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high:
-            raise section.error(key, f"must be {interval}, got {value:g}")
-        return value
-
-    return check
+    return _checked(checks.number, low, high, low_open, high_open)
 
 
-def _bool(section: _Section, key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise section.error(key, f"must be true or false, got {_show(value)}")
-    return value
+_bool = _checked(checks.boolean)
+_text = _checked(checks.text, non_empty=False)
 
 
 def _str(choices: tuple[str, ...] | None = None) -> Callable[[_Section, str, Any], str]:
-    def check(section: _Section, key: str, value: Any) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise section.error(key, f"must be a non-empty string, got {_show(value)}")
-        if choices is not None and value not in choices:
-            raise section.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    return check
-
-
-def _text(section: _Section, key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise section.error(key, f"must be a string, got {_show(value)}")
-    return value
+    return _checked(checks.text, choices)
 
 
 def _mapping(section: _Section, key: str, value: Any) -> dict[str, Any]:
@@ -319,7 +287,7 @@ def _mapping(section: _Section, key: str, value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise section.error(key, f"must be a mapping, got {_show(value)}")
-    return _plain(value)
+    return plain_data(value)
 
 
 def _vector(length: int, kind: type) -> Callable[[_Section, str, Any], tuple]:
@@ -388,7 +356,7 @@ def _total_stride(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> tup
     return tuple(total)  # type: ignore[return-value]
 
 
-def _check_model(model: ModelConfig, patch: tuple[int, int, int], source: str) -> None:
+def check_model(model: ModelConfig, patch: tuple[int, int, int], source: str) -> None:
     from ProstateKDLib.networks import NETWORKS
 
     def fail(key: str, problem: str) -> ConfigError:
@@ -413,7 +381,7 @@ def _check_model(model: ModelConfig, patch: tuple[int, int, int], source: str) -
 
 
 def _check_distiller(distiller: DistillerConfig, source: str) -> None:
-    from ProstateKDLib.distillers import DISTILLERS
+    from training.distillers import DISTILLERS
 
     if distiller.name not in DISTILLERS:
         raise ConfigError(
@@ -442,7 +410,7 @@ def _check_distiller(distiller: DistillerConfig, source: str) -> None:
 
 
 def _check_teacher_count(distiller: DistillerConfig, teachers: tuple[str, ...], source: str) -> None:
-    from ProstateKDLib.distillers import DISTILLERS
+    from training.distillers import DISTILLERS
 
     cls = DISTILLERS.get(distiller.name)
     try:
@@ -550,7 +518,7 @@ def _augmentation(section: _Section, key: str, value: Any) -> dict[str, Any] | N
     if not isinstance(value, Mapping):
         raise section.error(key, f"must be a mapping, got {_show(value)}")
     try:
-        return check_augmentation(_plain(value))
+        return check_augmentation(plain_data(value))
     except AugmentationError as exc:
         sub, problem = exc.args
         raise section.error(f"{key}.{sub}", problem) from None
@@ -632,7 +600,7 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
     distiller_cfg = DistillerConfig(
         name=s.get("name", _str(), "none"),
         weights=s.get("weights", _mapping, {}),
-        options={k: _plain(v) for k, v in s.data.items() if k not in ("name", "weights")},
+        options={k: plain_data(v) for k, v in s.data.items() if k not in ("name", "weights")},
     )
 
     s = _Section(top.get("export", _raw, None), "export.", source)
@@ -648,7 +616,7 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
     augmentation = top.get("augmentation", _augmentation, None)
     top.finish()
 
-    _check_model(model_cfg, patch, source)
+    check_model(model_cfg, patch, source)
     _check_distiller(distiller_cfg, source)
     _check_teacher_count(distiller_cfg, teachers, source)
     return Config(data_cfg, model_cfg, pre_cfg, train_cfg, distiller_cfg, export_cfg, teachers, augmentation, source)

@@ -43,21 +43,19 @@ may change.
 from __future__ import annotations
 
 import copy
-import csv
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ProstateKDLib import checks
+from ProstateKDLib.datasets import image_suffix, is_label_name, read_csv_rows, resolve
 from ProstateKDLib.errors import ConfigError, DataError, OutputError
 
 from .adapt import (
     TargetImage,
     TargetSampler,
-    _image_suffix,
-    _is_label_name,
     consistency_loss,
     consistency_rampup,
     intensity_view,
@@ -83,14 +81,6 @@ def large_unet_kwargs(channels: Sequence[int] = DEFAULT_LARGE_CHANNELS) -> dict[
     """Residual UNet kwargs with ``channels`` and stride 2 between levels (the CLI's ``--large-channels``)."""
     channels = [int(c) for c in channels]
     return {"channels": channels, "strides": [2] * (len(channels) - 1), "num_res_units": 1}
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int)
 
 
 @dataclass(frozen=True)
@@ -142,35 +132,27 @@ class CoteachOptions:
         if not isinstance(self.large_kwargs, Mapping):
             raise fail("large_kwargs", "a mapping of network arguments")
         object.__setattr__(self, "large_kwargs", copy.deepcopy(dict(self.large_kwargs)))
-        for name in ("epochs", "unlabelled_batch_size", "num_threads"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
-                raise fail(name, "an integer >= 1 or None")
-        if not _is_int(self.alternate_every) or self.alternate_every < 1:
-            raise fail("alternate_every", "an integer >= 1")
-        if not _is_int(self.rampup_epochs) or self.rampup_epochs < 0:
-            raise fail("rampup_epochs", "an integer >= 0")
-        if not _is_number(self.confidence) or not 0.0 < self.confidence <= 1.0:
-            raise fail("confidence", "a number in (0, 1]")
-        for name in ("consistency_weight", "pseudo_weight", "noise_std"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
-                raise fail(name, "a number >= 0")
+        optional_1 = lambda v: checks.optional_integer_at_least(v, 1)  # noqa: E731
+        rules: dict[str, Any] = {"epochs": optional_1, "unlabelled_batch_size": optional_1, "num_threads": optional_1,
+                                 "alternate_every": lambda v: checks.integer_at_least(v, 1),
+                                 "rampup_epochs": lambda v: checks.integer_at_least(v, 0),
+                                 "confidence": lambda v: checks.number_in(v, 0.0, 1.0, low_open=True)}
+        rules.update(dict.fromkeys(("consistency_weight", "pseudo_weight", "noise_std"), checks.non_negative_number))
+        rules.update({"scale_range": checks.number_range, "shift_range": checks.number_range})
+        checks.check_options(self, "coteach", rules)
         for name in ("scale_range", "shift_range"):
-            value = getattr(self, name)
-            if (not isinstance(value, (list, tuple)) or len(value) != 2 or not all(_is_number(v) for v in value)
-                    or value[0] > value[1]):
-                raise fail(name, "[low, high] with low <= high")
-            object.__setattr__(self, name, (float(value[0]), float(value[1])))
-        if self.scale_range[0] <= 0:
-            raise fail("scale_range", "positive")
-        if self.device is not None and (not isinstance(self.device, str) or not self.device):
-            raise fail("device", "a device name (auto, cpu, cuda, cuda:N or mps) or None")
+            object.__setattr__(self, name, checks.number_range(getattr(self, name)))
+        checks.check_options(self, "coteach", {
+            "scale_range": lambda v: checks.need(v[0] > 0, "positive", v),
+            "device": lambda v: checks.need(v is None or (isinstance(v, str) and bool(v)),
+                                            "a device name (auto, cpu, cuda, cuda:N or mps) or None", v),
+        })
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (tuples as lists)."""
-        from .config import _plain
+        from ProstateKDLib.checks import plain_data
 
-        return _plain(asdict(self))
+        return plain_data(asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CoteachOptions":
@@ -233,18 +215,14 @@ def index_unlabelled(data: str | os.PathLike) -> list[TargetImage]:
     if str(data).lower().endswith(".csv"):
         if not path.is_file():
             raise DataError(f"unlabelled case list not found: {path}")
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+        columns, rows = read_csv_rows(path)
         if "image" not in columns:
             raise DataError(f"unlabelled case list {path.name}: missing column 'image'")
         for row in rows:
             if not any(row.values()):
                 continue
-            image = Path(row.get("image") or "").expanduser()
-            image = image if image.is_absolute() else path.parent / image
-            suffix = _image_suffix(image.name)
+            image = resolve(path.parent, row.get("image") or "")
+            suffix = image_suffix(image.name)
             site = row.get("site") or "unlabelled"
             case_id = f"{site}/{image.name[: -len(suffix)] if suffix else image.stem}"
             if not row.get("image") or not image.is_file():
@@ -255,8 +233,8 @@ def index_unlabelled(data: str | os.PathLike) -> list[TargetImage]:
                                             if p.is_dir() and not p.name.startswith(".")]
         for folder, site in folders:
             for file in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-                suffix = _image_suffix(file.name)
-                if suffix and not _is_label_name(file.name):
+                suffix = image_suffix(file.name)
+                if suffix and not is_label_name(file.name):
                     images.append(TargetImage(f"{site}/{file.name[: -len(suffix)]}", site, file))
     else:
         raise DataError(f"unlabelled data not found: {data} (give a folder of images or a .csv with an image column)")
@@ -274,11 +252,11 @@ def _preprocess_unlabelled(image: TargetImage, config: Config) -> Any:
     """The image on the config's model grid, normalised (its label, if any, is not read)."""
     import torch
 
-    from ProstateKDLib.dataset import _read_image
+    from ProstateKDLib.datasets import read_image
     from ProstateKDLib.preprocessing import preprocess_image
 
     pre = config.preprocessing
-    volume = _read_image(image)  # uses only .image, .channel and .case_id
+    volume = read_image(image)  # uses only .image, .channel and .case_id
     tensor, _ = preprocess_image(volume, pre.orientation, pre.spacing, pre.normalization.as_dict())
     return torch.as_tensor(tensor.as_tensor(), dtype=torch.float32).contiguous()
 
@@ -286,12 +264,12 @@ def _preprocess_unlabelled(image: TargetImage, config: Config) -> Any:
 # ------------------------------------------------------------------ run folder
 def _check_large(config: Config, options: CoteachOptions) -> ModelConfig:
     """The large network as a model section, checked like the config's (arguments, patch divisibility)."""
-    from .config import _check_model
+    from .config import check_model
 
     large = ModelConfig(options.large_network, dict(options.large_kwargs), config.model.in_channels,
                         config.model.num_classes)
     try:
-        _check_model(large, tuple(config.preprocessing.patch_size), "coteach")
+        check_model(large, tuple(config.preprocessing.patch_size), "coteach")
     except ConfigError as exc:
         message = str(exc).replace("config coteach: ", f"coteach large network {large.network!r}: ")
         raise ConfigError(message.replace("key 'model.", "key '")) from None
@@ -418,14 +396,14 @@ def _coteach(config: Config, unlabelled: Any, out_dir: Path, options: CoteachOpt
     from tqdm.auto import tqdm
 
     from ProstateKDLib.bundle import save_bundle
-    from ProstateKDLib.dataset import load_case
-    from ProstateKDLib.distillers._common import dice_ce_loss, dice_ce_terms
+    from ProstateKDLib.datasets import load_case
+    from training.distillers.parts import dice_ce_loss, dice_ce_terms
     from ProstateKDLib.networks import build_network, count_parameters
 
     from .checkpoint import LAST, atomic_save, capture_rng, load_checkpoint, restore_rng, seed_everything
     from .runinfo import git_commit, machine_info, start_session, write_json
     from .sampling import PatchSampler
-    from .train import _nanmean, learning_rate, validate
+    from .train import nanmean, learning_rate, validate
 
     cfg_t = config.train
     config_record = config.to_dict()
@@ -543,7 +521,7 @@ def _coteach(config: Config, unlabelled: Any, out_dir: Path, options: CoteachOpt
         row: dict[str, Any] = {"epoch": epoch, "teacher": teacher_role,
                                **{k: v / steps_per_epoch for k, v in sums.items()}}
         for key in ROLES:
-            dice = _nanmean(validate(nets[key], val_volumes, pre.patch_size, device)) if val_volumes else None
+            dice = nanmean(validate(nets[key], val_volumes, pre.patch_size, device)) if val_volumes else None
             row[f"val_dice_{key}"] = None if dice is None else float(dice)
         row.update(lr=float(lr), seconds=time.perf_counter() - started)
         state["history"].append(row)

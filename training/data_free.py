@@ -31,13 +31,13 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ProstateKDLib import checks
 from ProstateKDLib.errors import ConfigError, OutputError
 
 DEFAULT_STUDENT = {"channels": [8, 16, 32, 64], "strides": [[2, 2, 1], 2, 2], "num_res_units": 1, "norm": "instance"}
@@ -65,18 +65,11 @@ class DataFreeOptions:
 
     def check(self) -> "DataFreeOptions":
         """Self, or ConfigError naming the first bad option."""
-        for name in ("epochs", "batches_per_epoch", "batch_size", "synthesis_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"data-free option {name!r} must be an integer >= 1, got {value!r}")
-        for name in ("synthesis_lr", "meta_lr", "temperature", "learning_rate"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ConfigError(f"data-free option {name!r} must be a number > 0, got {value!r}")
-        for name in ("tv_weight", "l2_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise ConfigError(f"data-free option {name!r} must be a number >= 0, got {value!r}")
+        rules: dict[str, Any] = dict.fromkeys(("epochs", "batches_per_epoch", "batch_size", "synthesis_steps"),
+                                              lambda v: checks.integer_at_least(v, 1))
+        rules.update(dict.fromkeys(("synthesis_lr", "meta_lr", "temperature", "learning_rate"), checks.positive_number))
+        rules.update(dict.fromkeys(("tv_weight", "l2_weight"), checks.non_negative_number))
+        checks.check_options(self, "data-free", rules)
         low, high = self.axis_range
         if not 0 < low <= high < 0.5:
             raise ConfigError(f"data-free option 'axis_range' must satisfy 0 < low <= high < 0.5, got {self.axis_range!r}")
@@ -140,7 +133,7 @@ def distil_data_free(
 
     from ProstateKDLib import __version__
     from ProstateKDLib.bundle import load_bundle, resolve_model, save_bundle
-    from ProstateKDLib.losses import SoftmaxKLDivLoss
+    from training.losses import SoftmaxKLDivLoss
     from ProstateKDLib.networks import build_network
 
     options = (options or DataFreeOptions(**option_values)).check()

@@ -1,6 +1,6 @@
 """Multi-process training under ``torchrun``, detected from the environment.
 
-``torchrun --nproc_per_node N -m ProstateKDLib.cli train ...`` sets
+``torchrun --nproc_per_node N -m training.cli train ...`` sets
 ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; :func:`init_distributed` then joins
 the process group (``nccl`` on CUDA, ``gloo`` on the CPU) and gives each process
 its device (``cuda:LOCAL_RANK`` on CUDA). Without those variables (or with

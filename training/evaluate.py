@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ProstateKDLib.dataset import CaseRecord, index_cases, read_case
+from ProstateKDLib.datasets import CaseRecord, index_cases, read_case
 from ProstateKDLib.errors import DataError, OutputError
 from ProstateKDLib.metrics import METRICS, segmentation_metrics
 
@@ -57,7 +57,7 @@ def select_cases(
 
     Raises:
         DataError: the messages of :func:`training.prepare.index_split` or
-            :func:`ProstateKDLib.dataset.index_cases`; ``dataset index <path> has no <split> cases``.
+            :func:`ProstateKDLib.datasets.index_cases`; ``dataset index <path> has no <split> cases``.
     """
     if (index is None) == (data is None):
         raise ValueError("give exactly one of index and data")

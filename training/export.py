@@ -31,7 +31,7 @@ def prostate_label() -> dict[str, Any]:
 
 def method_record(config: Config) -> dict[str, Any]:
     """``{"distiller", "weights", "options"}``: the method with every default filled in."""
-    from ProstateKDLib.distillers import DISTILLERS
+    from training.distillers import DISTILLERS
 
     cls = DISTILLERS.get(config.distiller.name)
     weights = {name: float({**cls.default_weights, **config.distiller.weights}[name]) for name in cls.loss_names}

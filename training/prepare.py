@@ -1,7 +1,7 @@
 """Dataset index: check every case once and fix a held-out test set and K folds in a JSON file.
 
 ``prepare_index`` indexes a data source (multi-site folder, Decathlon folder or
-``.csv``; see :func:`ProstateKDLib.dataset.index_cases`), reads and checks every
+``.csv``; see :func:`ProstateKDLib.datasets.index_cases`), reads and checks every
 case (readable, image and label on the same grid, labels 0/1/2) and writes
 the index; ``load_index`` reads it back as ``(train, val, test)`` case lists.
 
@@ -15,7 +15,7 @@ cases sorted by case id before shuffling):
    gives no test case at all while ``test_fraction > 0`` and the first largest
    site has two or more cases, it gives one.
 2. Folds, on the remaining development cases. ``folds == 1``: one train/val
-   split by :func:`ProstateKDLib.dataset.split_cases` with ``val_fraction``
+   split by :func:`ProstateKDLib.datasets.split_cases` with ``val_fraction``
    (the trainer's own per-site split). ``folds = K >= 2``: each site's cases are
    shuffled with ``default_rng([seed, crc32(site), 2])`` and dealt round-robin
    into K parts, the deal continuing where the previous site stopped, so parts
@@ -45,13 +45,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ProstateKDLib.dataset import CaseRecord, check_case, index_cases, split_cases
+from ProstateKDLib.datasets import CaseRecord, check_case, index_cases, split_cases
 from ProstateKDLib.errors import DataError, OutputError
 
 INDEX_FORMAT = "prostatekd-dataset-index"
 INDEX_VERSION = 1
 SPLITS = ("train", "val", "test", "all")
 _TEST_STREAM, _FOLD_STREAM = 1, 2
+#: Written into every index as it was first worded (``ProstateKDLib.dataset`` is now ``ProstateKDLib.datasets``),
+#: so indexes stay byte-identical.
 SPLIT_ALGORITHM = (
     "test: per site, shuffle with default_rng([seed, crc32(site), 1]) and take min(round(n*test_fraction), n-1); "
     "folds=1: ProstateKDLib.dataset.split_cases(dev, val_fraction, seed); folds=K>=2: per site, shuffle with "
@@ -60,7 +62,7 @@ SPLIT_ALGORITHM = (
 
 
 class BadCaseError(DataError):
-    """A case failed the check of :func:`prepare_index` (message from :mod:`ProstateKDLib.dataset`)."""
+    """A case failed the check of :func:`prepare_index` (message from :mod:`ProstateKDLib.datasets`)."""
 
     def __init__(self, message: str, case_id: str) -> None:
         super().__init__(message)
@@ -74,7 +76,7 @@ def detect_layout(source: str | os.PathLike) -> str:
         return "csv"
     if not (path / "dataset.json").is_file():
         return "multisite"
-    from ProstateKDLib.dataset_nnunet import is_nnunet_v2, read_descriptor
+    from ProstateKDLib.datasets.nnunet import is_nnunet_v2, read_descriptor
 
     return "nnunet" if is_nnunet_v2(read_descriptor(path)) else "msd"
 
@@ -207,13 +209,13 @@ def _label_names(data: Path, layout: str, keep_zones: bool) -> dict[str, str]:
     if not keep_zones:
         return {"1": "gland"}
     if layout == "msd":
-        from ProstateKDLib.dataset_msd import msd_label_names, read_msd_descriptor
+        from ProstateKDLib.datasets import msd_label_names, read_msd_descriptor
 
         names = msd_label_names(read_msd_descriptor(data))
         if names:
             return {str(k): v for k, v in names.items()}
     if layout == "nnunet":
-        from ProstateKDLib.dataset_nnunet import nnunet_label_names, read_descriptor
+        from ProstateKDLib.datasets.nnunet import nnunet_label_names, read_descriptor
 
         names = nnunet_label_names(read_descriptor(data))
         if names:

@@ -44,7 +44,7 @@ def check_generations(generations: Any) -> int:
 
 def generation_config(config: Config, generation: int, teacher: Path | None) -> Config:
     """The config of generation ``generation`` (1: ``none``; later: ``self_distill`` from ``teacher``)."""
-    from ProstateKDLib.distillers import DISTILLERS
+    from training.distillers import DISTILLERS
 
     data = config.to_dict()
     data.pop("teachers", None)

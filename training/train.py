@@ -106,7 +106,7 @@ def _write_log(run_dir: Path, history: Sequence[dict[str, Any]], terms: Sequence
 def _load_volumes(cases: Sequence[Any], config: Config, what: str, progress: bool) -> list[tuple[Any, Any]]:
     from tqdm.auto import tqdm
 
-    from ProstateKDLib.dataset import load_case
+    from ProstateKDLib.datasets import load_case
 
     pre = config.preprocessing
     norm = pre.normalization.as_dict()
@@ -151,7 +151,7 @@ def validate(
     return scores
 
 
-def _nanmean(values: Sequence[float]) -> float | None:
+def nanmean(values: Sequence[float]) -> float | None:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else None
 
@@ -194,7 +194,7 @@ def _build(config: Config, teachers: Sequence[Any], device: Any) -> Any:
     """The distiller (student, frozen teachers, adapters) on ``device``; ConfigError when it cannot be built."""
     import torch
 
-    from ProstateKDLib.distillers import build_distiller
+    from training.distillers import build_distiller
     from ProstateKDLib.networks import build_network
 
     try:
@@ -278,7 +278,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
             then = learning_rate(cfg_t.learning_rate, cfg_t.lr_schedule, last, steps_per_epoch * saved_epochs,
                                  cfg_t.warmup_steps, state["lr_anchor"])
             state["lr_anchor"] = {"step": state["step"], "lr": then}
-    from ProstateKDLib.distillers import TrainingContext
+    from training.distillers import TrainingContext
 
     distiller.prepare(TrainingContext(
         val_volumes=val_volumes, patch_size=tuple(config.preprocessing.patch_size), batch_size=cfg_t.batch_size,
@@ -349,7 +349,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
         row: dict[str, Any] = {"epoch": epoch, **dict(zip(keys, means)), "lr": lr}
         per_case = validate(distiller.student, val_volumes, config.preprocessing.patch_size, device, use_amp,
                             input_fn=distiller.student_input, overlap=cfg_t.val_overlap)
-        row["val_dice"] = _nanmean(per_case)
+        row["val_dice"] = nanmean(per_case)
         row["val_case_dice"] = {c.case_id: d for c, d in zip(val_cases, per_case)}
         row["seconds"] = time.perf_counter() - started
         state["history"].append(row)

@@ -102,7 +102,7 @@ def _run_state(run_dir: Path) -> str:
 
 
 def _command(config_path: Path, run_dir: Path, resume: bool) -> list[str]:
-    args = [sys.executable, "-m", "ProstateKDLib.cli", "train", str(config_path), "--run-dir", str(run_dir), "--quiet"]
+    args = [sys.executable, "-m", "training.cli", "train", str(config_path), "--run-dir", str(run_dir), "--quiet"]
     return args + (["--resume"] if resume else [])
 
 

@@ -1,8 +1,10 @@
 """The ``prostatekd`` command: one entry point, one module per subcommand.
 
 Each subcommand module has ``add_parser(subparsers)``, which registers its
-arguments and sets ``func`` to a ``run(args) -> int`` function. Training
-commands live in the ``training`` package and are added when it is importable.
+arguments and sets ``func`` to a ``run(args) -> int`` function. The library
+knows only its own commands (``python -m ProstateKDLib.cli``: segment, models,
+phantom); an application adds its own by passing ``extra`` (the installed
+``prostatekd`` script is ``training.cli:main``, which adds the training commands).
 Errors a user can cause (:class:`~ProstateKDLib.errors.ProstateKDError`) are
 printed as one line on stderr, with the error's exit code and no traceback, or
 as one JSON object on stdout under ``--json``. Every subcommand takes
@@ -15,18 +17,20 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from .. import __version__
 from ..errors import ProstateKDError
 from .conventions import add_verbosity_options, configured_output, json_error_parser, report_error, wants_json
 
 LIBRARY_COMMANDS = ("segment", "series", "models", "phantom")
-TRAINING_PACKAGE = "training.cli"
+
+#: Registers further subcommands on the ``prostatekd`` subparsers (an application's ``add_parsers``).
+AddParsers = Callable[[Any], None]
 
 
-def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
-    """The full ``prostatekd`` parser with every available subcommand (usage errors as JSON if asked)."""
+def build_parser(json_errors: bool = False, extra: AddParsers | None = None) -> argparse.ArgumentParser:
+    """The ``prostatekd`` parser: the library's subcommands, then what ``extra`` registers (JSON usage errors if asked)."""
     parser_class = json_error_parser() if json_errors else argparse.ArgumentParser
     parser = parser_class(
         prog="prostatekd",
@@ -37,22 +41,17 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     subparsers.required = True
     for name in LIBRARY_COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
-    try:
-        training = importlib.import_module(TRAINING_PACKAGE)
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("training", TRAINING_PACKAGE):
-            raise
-    else:
-        training.add_parsers(subparsers)
+    if extra is not None:
+        extra(subparsers)
     for subparser in subparsers.choices.values():
         add_verbosity_options(subparser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``prostatekd``; returns the process exit code."""
+def main(argv: Sequence[str] | None = None, extra: AddParsers | None = None) -> int:
+    """Run ``prostatekd`` (with the subcommands ``extra`` adds); returns the process exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(json_errors=wants_json(arguments))
+    parser = build_parser(json_errors=wants_json(arguments), extra=extra)
     args = parser.parse_args(arguments)
     as_json = bool(getattr(args, "json", False))
     try:

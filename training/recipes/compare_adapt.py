@@ -81,15 +81,15 @@ def site_table(rows: list[dict[str, Any]], described: dict[str, str], sites: lis
         described: model key -> what it was trained on, in table order.
         target: a site to mark ``(target)`` in the header (none when empty).
     """
-    from training.recipes.compare_report import _mean
+    from training.recipes.compare_report import nan_mean
 
     table = []
     for key, training_data in described.items():
         mine = [r for r in rows if r["model"] == key]
         record: dict[str, Any] = {"model": key, "training data": training_data}
         for site in sites:
-            record[f"dice_{site}"] = _mean([r["dice"] for r in mine if r["site"] == site])
-        record["dice_mean"] = _mean([r["dice"] for r in mine])
+            record[f"dice_{site}"] = nan_mean([r["dice"] for r in mine if r["site"] == site])
+        record["dice_mean"] = nan_mean([r["dice"] for r in mine])
         table.append(record)
     header = ["model", "training data", *[f"Dice {s}{' (target)' if s == target else ''}" for s in sites], "Dice mean"]
     lines = [title, "",

@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from ProstateKDLib.bundle import load_bundle
-    from ProstateKDLib.dataset import read_case_csv
+    from ProstateKDLib.datasets import read_case_csv
     from ProstateKDLib.errors import DataError
     from training.data_free import distil_data_free
     from training.recipes.compare_kd import PHANTOM_NOTE, evaluate_all
-    from training.recipes.compare_report import _mean
+    from training.recipes.compare_report import nan_mean
 
     compare, out = Path(args.compare).expanduser().absolute(), Path(args.out).expanduser().absolute()
     teacher = compare / "teacher_full" / "all" / "bundle"
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     described = {"data_free": "none (teacher bundle only)", "none": "labelled training cases",
                  "logit_kd": "labelled training cases + the teacher", "teacher_full": "labelled training cases"}
     table = [{"model": k, "training data": described[k],
-              "dice_mean": _mean([r["dice"] for r in rows if r["model"] == k])} for k in models]
+              "dice_mean": nan_mean([r["dice"] for r in rows if r["model"] == k])} for k in models]
     lines = [f"# Data-free distillation - {PHANTOM_NOTE}", "",
              f"Teacher: {teacher}; {args.epochs} epochs x {args.batches} synthesised batches; test cases of "
              f"{test_csv}, Dice through the inference path.", "",

@@ -127,7 +127,7 @@ def make_data(out: Path, scale: dict[str, Any], seed: int) -> tuple[Path, list[A
 
     import numpy as np
 
-    from ProstateKDLib.dataset import index_cases, read_case_csv
+    from ProstateKDLib.datasets import index_cases, read_case_csv
     from ProstateKDLib.phantom import write_phantom_dataset
 
     data = out / "data"

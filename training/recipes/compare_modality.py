@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ProstateKDLib.bundle import load_bundle
-    from ProstateKDLib.dataset import index_cases, load_case
+    from ProstateKDLib.datasets import index_cases, load_case
     from ProstateKDLib.errors import OutputError
     from ProstateKDLib.phantom_adc import write_two_channel_dataset
     from training.config import config_from_dict

@@ -12,7 +12,7 @@ COLUMNS = ("model", "role", "method", "teachers", "parameters", "gflops_320x320x
            "train_s", "train_total_s")
 
 
-def _mean(values: Sequence[float]) -> float:
+def nan_mean(values: Sequence[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else float("nan")
 
@@ -29,8 +29,8 @@ def summarize(models: dict[str, Any], rows: list[dict[str, Any]], sites: Sequenc
             "train_total_s": model["train_s"] + model.get("prereq_s", 0.0),
         }
         for site in sites:
-            record[f"dice_{site}"] = _mean([r["dice"] for r in mine if r["site"] == site])
-        record["dice_mean"] = _mean([r["dice"] for r in mine])
+            record[f"dice_{site}"] = nan_mean([r["dice"] for r in mine if r["site"] == site])
+        record["dice_mean"] = nan_mean([r["dice"] for r in mine])
         table.append(record)
     return table
 

@@ -6,7 +6,7 @@ Prostate: ``{"0": "T2", "1": "ADC"}``, 4D images) and the label names in
 ``labels`` (Task05: ``{"0": "background", "1": "PZ", "2": "TZ"}``). Cases get
 the id ``<site>/<image stem>``; the site is ``MSD`` unless a training entry
 has a ``site`` key. The zones are merged to gland by the readers of
-:mod:`~ProstateKDLib.dataset` like every other label.
+:mod:`~ProstateKDLib.datasets` like every other label.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .dataset import CaseRecord, _suffix
-from .errors import DataError
+from ..errors import DataError
+from .records import CaseRecord, image_suffix
 
 MSD_DESCRIPTOR = "dataset.json"
 MSD_SITE = "MSD"
@@ -108,7 +108,7 @@ def index_msd(root: str | os.PathLike, channel: int | None = None) -> list[CaseR
             raise DataError(f"{MSD_DESCRIPTOR} training entry {number}: needs 'image' and 'label' paths")
         image, label = (root / entry[k] for k in ("image", "label"))
         site = str(entry.get("site") or MSD_SITE)
-        suffix = _suffix(image.name)
+        suffix = image_suffix(image.name)
         stem = image.name[: -len(suffix)] if suffix else image.stem
         case_id = f"{site}/{stem}"
         for kind, file in (("image", image), ("label", label)):

@@ -7,7 +7,8 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequenc
 
 import torch
 
-from ..registry import Registry
+from ProstateKDLib.checks import plain_data
+from ProstateKDLib.registry import Registry
 
 DISTILLERS: Registry[type["Distiller"]] = Registry("distiller")
 
@@ -267,15 +268,7 @@ class Distiller(torch.nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """Method name, loss weights and option values (for provenance)."""
-        return {"name": self.name, "weights": dict(self.weights), "options": _plain(self.settings)}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+        return {"name": self.name, "weights": dict(self.weights), "options": plain_data(self.settings)}
 
 
 def build_distiller(

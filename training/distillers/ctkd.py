@@ -32,7 +32,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ._common import choice, dice_ce_loss, dice_ce_terms, non_negative_number, positive_number
+from ProstateKDLib.checks import choice, non_negative_number, positive_number
+from .parts import dice_ce_loss, dice_ce_terms
 from .base import DISTILLERS, Distiller, Option
 
 TEMPERATURE_MODES = ("global", "class")
@@ -142,7 +143,7 @@ class CurriculumTemperatureKD(Distiller):
 
     Raises:
         ValueError: bad options (``t_min >= t_max``, ``t_init`` outside the range),
-            besides the checks of :class:`~ProstateKDLib.distillers.base.Distiller`.
+            besides the checks of :class:`~training.distillers.base.Distiller`.
     """
 
     name = "ctkd"

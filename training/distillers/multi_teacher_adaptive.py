@@ -12,7 +12,7 @@ sample. For teacher ``t`` and sample ``b`` of the batch (``p_t = softmax(z_t)``,
     score        s_tb = R_tb + β · K_tb
     weight       w_tb = exp(s_tb / τ) / Σ_t' exp(s_t'b / τ)   (softmax over teachers)
 
-and the loss (see :mod:`ProstateKDLib.distillers._feature_kd`)::
+and the loss (see :mod:`training.distillers.feature_kd`)::
 
     L = w_dice · Dice + w_lovasz · Lovász
         + w_kl · Σ_t Σ_b w_tb · T² · KL_b(p_t^T || p_s^T)
@@ -33,8 +33,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._common import choice, non_negative_number, positive_number
-from ._feature_kd import FEATURE_OPTIONS, FeatureKD
+from ProstateKDLib.checks import choice, non_negative_number, positive_number
+from .feature_kd import FEATURE_OPTIONS, FeatureKD
 from .base import DISTILLERS, Option
 
 RELIABILITIES = ("dice", "ce")

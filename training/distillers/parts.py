@@ -1,9 +1,11 @@
-"""Pieces shared by the distillers: option checks, supervised terms, teacher targets, feature layers."""
+"""Pieces shared by the distillers: supervised terms, teacher targets, feature layers.
+
+Option checks are :mod:`ProstateKDLib.checks`."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,46 +13,6 @@ import torch.nn.functional as F
 FEATURE_LAYER_CHOICES = ("all", "bottleneck", "decoder")
 FEATURE_NORMALIZE_CHOICES = ("none", "l2", "attention")
 _FAMILIES = {"UNet": "unet", "DynUNet": "dynunet", "SegResNet": "segresnet"}
-
-
-# ------------------------------------------------------------------ option checks
-def positive_number(value: Any) -> float:
-    """A finite number > 0 (``ValueError("must be a number > 0, got ...")``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"must be a number > 0, got {value!r}")
-    return float(value)
-
-
-def non_negative_number(value: Any) -> float:
-    """A finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-def choice(*choices: str) -> Callable[[Any], str]:
-    """A check accepting one of ``choices``."""
-
-    def check(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
-        return str(value)
-
-    return check
-
-
-def layer_names(value: Any) -> list[str] | None:
-    """``None`` (use the defaults) or a non-empty list of unique module names."""
-    if value is None:
-        return None
-    if (
-        not isinstance(value, (list, tuple))
-        or not value
-        or not all(isinstance(v, str) and v for v in value)
-        or len(set(value)) != len(value)
-    ):
-        raise ValueError(f"must be null or a non-empty list of unique module names, got {value!r}")
-    return list(value)
 
 
 # ------------------------------------------------------------------ supervised terms
@@ -72,7 +34,7 @@ def mean_teacher_logits(teacher_logits: Sequence[torch.Tensor], temperature: flo
     """Logits ``z̄`` with ``softmax(z̄ / T) = mean_t softmax(z_t / T)``.
 
     ``z̄ = T · (logsumexp_t log_softmax(z_t / T) - log n)``, so
-    :class:`~ProstateKDLib.losses.SoftmaxKLDivLoss` with the same ``T`` compares the
+    :class:`~training.losses.SoftmaxKLDivLoss` with the same ``T`` compares the
     student with the plain average of the teachers' softened probabilities.
     """
     if len(teacher_logits) == 1:
@@ -106,8 +68,8 @@ def feature_layer_pair(
 ) -> tuple[list[str], list[str]]:
     """Student and teacher layers to match: the given lists, or the paired defaults.
 
-    Defaults: :func:`~ProstateKDLib.losses.default_feature_layers` of each network
-    (``which``), paired with :func:`~ProstateKDLib.losses.pair_feature_layers`.
+    Defaults: :func:`~training.losses.default_feature_layers` of each network
+    (``which``), paired with :func:`~training.losses.pair_feature_layers`.
 
     Raises:
         ValueError: lists of different lengths, or no defaults for a network.

@@ -10,15 +10,15 @@ The KL target is the average of the teachers' softened probabilities. Features
 of independently trained teachers are not channel-aligned, so their average
 would mean nothing: each teacher has its own adapters and the feature *losses*
 are averaged. Reference: Ben Loussaief et al. (2023), the multi-teacher setting
-without adaptive weights; see :mod:`ProstateKDLib.distillers._feature_kd`.
+without adaptive weights; see :mod:`training.distillers.feature_kd`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._common import mean_teacher_logits
-from ._feature_kd import FeatureKD
+from .parts import mean_teacher_logits
+from .feature_kd import FeatureKD
 from .base import DISTILLERS
 
 

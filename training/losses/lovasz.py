@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._utils import as_float, check_labels, check_reduction, check_tensor, reduce
+from .tensor_checks import as_float, check_labels, check_reduction, check_tensor, reduce
 
 __all__ = ["lovasz_grad", "lovasz_extension", "LovaszSoftmaxLoss", "LovaszHingeLoss"]
 

@@ -10,7 +10,7 @@ Layout (nnU-Net v2 ``nnUNet_raw/DatasetXXX_Name``)::
 
 Cases are the files of ``labelsTr``; each gets the id ``nnUNet/<CASE>`` and the
 image file of the chosen channel (by name, default the channel named T2, or
-by index). Labels are merged to gland by :mod:`~ProstateKDLib.dataset` like every
+by index). Labels are merged to gland by :mod:`~ProstateKDLib.datasets` like every
 other label (nnU-Net's region-based ``labels`` entries are accepted as they are).
 """
 
@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .dataset import CaseRecord
-from .errors import DataError
+from ..errors import DataError
+from .records import CaseRecord
 
 __all__ = ["NNUNET_SITE", "index_nnunet", "is_nnunet_v2", "nnunet_channel", "nnunet_label_names"]
 

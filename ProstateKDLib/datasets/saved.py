@@ -16,8 +16,9 @@ import csv
 import os
 from pathlib import Path
 
-from .dataset import CaseRecord, _suffix, index_multisite
-from .errors import DataError
+from ..errors import DataError
+from .multisite import index_multisite
+from .records import CaseRecord, image_suffix, read_csv_rows, resolve
 
 SAVED_INDEX = "dataset_index.csv"
 SAVED_COLUMNS = ("case_id", "site", "image", "label", "source", "added")
@@ -36,10 +37,7 @@ def read_saved_cases(path: str | os.PathLike) -> list[tuple[int, CaseRecord]]:
     """
     path = Path(path).expanduser()
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+        columns, rows = read_csv_rows(path)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     missing = [c for c in _REQUIRED if c not in columns]
@@ -57,8 +55,7 @@ def read_saved_cases(path: str | os.PathLike) -> list[tuple[int, CaseRecord]]:
             if not row["channel"].isdigit():
                 raise DataError(f"{path.name} line {line}: channel must be a non-negative integer, got {row['channel']!r}")
             channel = int(row["channel"])
-        image, label = (Path(row[k]).expanduser() for k in ("image", "label"))
-        image, label = (p if p.is_absolute() else path.parent / p for p in (image, label))
+        image, label = (resolve(path.parent, row[k]) for k in ("image", "label"))
         case_id = row["case_id"]
         if case_id in seen:
             raise DataError(f"{path.name} line {line}: duplicate case {case_id}")
@@ -73,14 +70,14 @@ def read_saved_cases(path: str | os.PathLike) -> list[tuple[int, CaseRecord]]:
 def _has_site_cases(root: Path) -> bool:
     """True when some ``<root>/<SITE>/`` folder holds an image or label file."""
     return any(
-        any(p.is_file() and not p.name.startswith(".") and _suffix(p.name) for p in site.iterdir())
+        any(p.is_file() and not p.name.startswith(".") and image_suffix(p.name) for p in site.iterdir())
         for site in root.iterdir()
         if site.is_dir() and not site.name.startswith(".")
     )
 
 
 def index_multisite_root(root: str | os.PathLike) -> list[CaseRecord]:
-    """:func:`~ProstateKDLib.dataset.index_multisite` plus the rows of ``<root>/dataset_index.csv``.
+    """:func:`~ProstateKDLib.datasets.multisite.index_multisite` plus the rows of ``<root>/dataset_index.csv``.
 
     A row whose image file the folder scan found already is dropped (the scan's
     record is kept). Without ``dataset_index.csv`` this is exactly ``index_multisite``.

@@ -10,7 +10,7 @@ Loss terms (all unweighted here; the config's ``distiller.weights`` scale them):
 ``w_tb`` are per-teacher, per-sample weights that sum to 1 over teachers (one
 teacher: 1; subclasses choose them), ``A_tl`` is a learned 1x1x1 adapter from
 the student's channels of layer ``l`` to teacher ``t``'s. Features are read with
-forward hooks (:class:`~ProstateKDLib.losses.FeatureHooks`) on the default
+forward hooks (:class:`~training.losses.FeatureHooks`) on the default
 layers of each network family or on configured layers.
 """
 
@@ -21,15 +21,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from ..losses import FeatureDistillationLoss, FeatureHooks, LovaszSoftmaxLoss, SoftmaxKLDivLoss, dice_loss
-from ._common import (
-    FEATURE_LAYER_CHOICES,
-    FEATURE_NORMALIZE_CHOICES,
-    choice,
-    feature_layer_pair,
-    layer_names,
-    positive_number,
-    unique,
-)
+from ProstateKDLib.checks import choice, module_names, positive_number
+from .parts import FEATURE_LAYER_CHOICES, FEATURE_NORMALIZE_CHOICES, feature_layer_pair, unique
 from .base import Distiller, Option
 
 FEATURE_OPTIONS: dict[str, Option] = {
@@ -38,8 +31,8 @@ FEATURE_OPTIONS: dict[str, Option] = {
         "all", choice(*FEATURE_LAYER_CHOICES),
         "default layers to match: all (bottleneck + decoder stages), bottleneck or decoder",
     ),
-    "student_layers": Option(None, layer_names, "student module names (overrides feature_layers)"),
-    "teacher_layers": Option(None, layer_names, "teacher module names, one per student layer"),
+    "student_layers": Option(None, module_names, "student module names (overrides feature_layers)"),
+    "teacher_layers": Option(None, module_names, "teacher module names, one per student layer"),
     "feature_normalize": Option(
         "none", choice(*FEATURE_NORMALIZE_CHOICES),
         "none: MSE of adapted features; l2: channel-normalised; attention: spatial attention maps",
@@ -51,7 +44,7 @@ class FeatureKD(Distiller):
     """Dice + Lovász + KL(T) + feature distillation from one or more teachers.
 
     Args:
-        student, teachers, weights: see :class:`~ProstateKDLib.distillers.base.Distiller`.
+        student, teachers, weights: see :class:`~training.distillers.base.Distiller`.
         example_input: one input patch (1, C, *patch) used once to size the adapters.
         **options: ``temperature``, ``feature_layers``, ``student_layers``,
             ``teacher_layers``, ``feature_normalize`` (plus a subclass's own).

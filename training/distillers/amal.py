@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import SoftmaxKLDivLoss
-from ._common import mean_teacher_logits, positive_number
+from ProstateKDLib.checks import positive_number
+from .parts import mean_teacher_logits
 from .base import DISTILLERS, Distiller, Option, TrainingContext
 
 POSITIVE_FRACTION = 2.0 / 3.0  # share of meta patches centred on the gland

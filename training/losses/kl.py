@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._utils import as_float, check_reduction, check_tensor
+from .tensor_checks import as_float, check_reduction, check_tensor
 
 __all__ = ["SoftmaxKLDivLoss"]
 

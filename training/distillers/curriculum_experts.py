@@ -21,7 +21,7 @@ progress ``P ∈ [0, 1]`` (0 in the first epoch, 1 in the last), ramp ``r`` and
     c   = c_0 + floor((n - c_0) · min(1, P / r))        (n when r = 0)
     k_b = min(c - 1, floor(c · d_b))
 
-and the loss (the terms of :mod:`ProstateKDLib.distillers._feature_kd`, with the
+and the loss (the terms of :mod:`training.distillers.feature_kd`, with the
 one-hot weights ``w_tb = [t = k_b]``: KL and feature terms from the chosen expert only)::
 
     L = w_dice · Dice + w_lovasz · Lovász
@@ -39,8 +39,8 @@ from typing import Any, Iterable, Mapping
 import torch
 import torch.nn.functional as F
 
-from ._common import choice
-from ._feature_kd import FEATURE_OPTIONS, FeatureKD
+from ProstateKDLib.checks import choice
+from .feature_kd import FEATURE_OPTIONS, FeatureKD
 from .base import DISTILLERS, Option
 from .multi_teacher_adaptive import DICE_SMOOTH, teacher_reliability
 

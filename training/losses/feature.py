@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._utils import as_float, check_reduction
+from .tensor_checks import as_float, check_reduction
 
 __all__ = [
     "FeatureHooks",

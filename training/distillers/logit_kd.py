@@ -6,9 +6,9 @@ Loss, per batch::
 
 with ``p^T = softmax(z / T)`` per voxel and ``p̄_t^T`` the softened probabilities
 of the single teacher, or their plain average over several teachers
-(:func:`~ProstateKDLib.distillers._common.mean_teacher_logits`). Dice and CE are
+(:func:`~training.distillers.parts.mean_teacher_logits`). Dice and CE are
 MONAI's ``DiceCELoss`` terms as in ``none``; the KL term is
-:class:`~ProstateKDLib.losses.SoftmaxKLDivLoss` (mean over voxels).
+:class:`~training.losses.SoftmaxKLDivLoss` (mean over voxels).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from ..losses import SoftmaxKLDivLoss
-from ._common import dice_ce_loss, dice_ce_terms, mean_teacher_logits, positive_number
+from ProstateKDLib.checks import positive_number
+from .parts import dice_ce_loss, dice_ce_terms, mean_teacher_logits
 from .base import DISTILLERS, Distiller, Option
 
 

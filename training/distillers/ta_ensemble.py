@@ -12,7 +12,7 @@ the softened probabilities of assistant ``a`` and ensemble weights ``w_a >= 0``,
     L = w_dice · Dice(p_s, y) + w_lovasz · Lovász(p_s, y) + w_kl · T² · KL(p̄^T || p_s^T)
 
 Dice is MONAI's ``DiceLoss`` (foreground, batch-wise), Lovász the Lovász-Softmax
-loss (Berman et al. 2018), KL :class:`~ProstateKDLib.losses.SoftmaxKLDivLoss`
+loss (Berman et al. 2018), KL :class:`~training.losses.SoftmaxKLDivLoss`
 (mean over voxels), as in the feature-distilling methods.
 
 The weights ``w`` are fitted once, in :meth:`TAEnsemble.prepare`, by differential
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import LovaszSoftmaxLoss, SoftmaxKLDivLoss, dice_loss
-from ._common import positive_number
+from ProstateKDLib.checks import positive_number
 from .base import DISTILLERS, Distiller, Option, TrainingContext
 
 # Sliding-window settings of training.train.validate (mirrored, not imported: the library

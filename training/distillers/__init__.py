@@ -3,7 +3,7 @@
 A distiller wraps the student (and frozen teachers) and turns a batch into
 named loss terms; the training loop only sums them with the configured
 weights. Add a method by writing one module with a registered
-:class:`~ProstateKDLib.distillers.base.Distiller` subclass and importing it here.
+:class:`~training.distillers.base.Distiller` subclass and importing it here.
 
 ======================== ======================================= ==========================
 name                     loss terms                              teachers

@@ -18,7 +18,7 @@ depend on the other channels.
 Training loop contract: the loop hands :meth:`~Distiller.forward_train` the full
 multi-channel image. Anything that runs ``distiller.student`` directly (the
 validation of :mod:`training.train`) must first pass the image through
-:meth:`~ProstateKDLib.distillers.base.Distiller.student_input` (identity for every
+:meth:`~training.distillers.base.Distiller.student_input` (identity for every
 other method, the channel selection here); :meth:`CrossModalityKD.forward`
 accepts either the full image or the already-selected student channels.
 """
@@ -30,7 +30,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from ..losses import SoftmaxKLDivLoss
-from ._common import dice_ce_loss, dice_ce_terms, positive_number
+from ProstateKDLib.checks import positive_number
+from .parts import dice_ce_loss, dice_ce_terms
 from .base import DISTILLERS, Distiller, Option
 
 DEFAULT_STUDENT_CHANNELS = (0,)  # T2 in the Decathlon prostate layout (0: T2, 1: ADC)

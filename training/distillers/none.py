@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from ._common import dice_ce_loss, dice_ce_terms
+from .parts import dice_ce_loss, dice_ce_terms
 from .base import DISTILLERS, Distiller
 
 

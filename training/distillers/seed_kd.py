@@ -9,12 +9,12 @@ Limit-Trained Multi-Teacher Models", procedure 1 (one well-trained teacher)::
 ``p^T = softmax(z / T)`` per voxel; ``f_s,l``, ``f_t,l`` the student's and the
 teacher's features at paired layers ``l`` (forward hooks; defaults: bottleneck
 and decoder stages), ``A_l`` a learned 1x1x1 convolution (trained with the
-student, exported never). See :mod:`ProstateKDLib.distillers._feature_kd`.
+student, exported never). See :mod:`training.distillers.feature_kd`.
 """
 
 from __future__ import annotations
 
-from ._feature_kd import FeatureKD
+from .feature_kd import FeatureKD
 from .base import DISTILLERS
 
 
