@@ -38,7 +38,10 @@ def test_requires_python_matches_the_oldest_supported_slicer():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert project["requires-python"] == ">=3.9"
-    assert "nibabel>=5" in project["dependencies"]  # MONAI's Orientation imports it at run time
+    # MONAI's Orientation imports nibabel at run time: wherever MONAI is installed, so is nibabel
+    torch_extra = project["optional-dependencies"]["torch"]
+    assert any(d.startswith("monai") for d in torch_extra) and "nibabel>=5" in torch_extra
+    assert not any(d.startswith(("monai", "torch")) for d in project["dependencies"])
 
 
 def test_vermin_finds_nothing_newer_than_python_3_9():
