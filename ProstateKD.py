@@ -508,8 +508,8 @@ class ProstateKDTest(ScriptedLoadableModuleTest):
         if missing:  # under a unittest runner (CTest) this is a proper skip
             self.skipTest(f"{', '.join(missing)} not installed in this Slicer (open the module and click Apply once)")
         samples = Path(__file__).resolve().parent / "Resources" / "Samples"
-        self.delayDisplay("Loading the phantom sample")
-        volume = slicer.util.loadVolume(str(samples / "PhantomCase01.nii.gz"))
+        self.delayDisplay("Loading the real sample case (PROMISE12 Case13)")
+        volume = slicer.util.loadVolume(str(samples / "PROMISE12_HK_Case13.nii.gz"))
         logic = ProstateKDLogic(slicer.mrmlScene)
 
         self.delayDisplay("Segmenting with the default model (in this process)")
@@ -520,10 +520,10 @@ class ProstateKDTest(ScriptedLoadableModuleTest):
         self.assertEqual(segment.GetName(), "Prostate")
         self.assertIn("SCT^41216001^Prostate", segment_terminology(segment))
         self.assertTrue(10 < result.volume_ml < 80, f"implausible gland volume {result.volume_ml:.1f} ml")
-        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(samples / "PhantomCase01_segmentation.nii.gz"))) > 0
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(samples / "PROMISE12_HK_Case13_segmentation.nii.gz"))) > 0
         mask = sitk.GetArrayFromImage(result.mask) > 0
         dice = 2 * (mask & reference).sum() / (mask.sum() + reference.sum())
-        self.assertGreater(dice, 0.8)
+        self.assertGreater(dice, 0.75)
 
         self.delayDisplay("Segmenting again in a background process (PythonSlicer)")
         job = logic.start_segmentation(volume, device="cpu")

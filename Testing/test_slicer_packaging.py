@@ -195,7 +195,7 @@ def test_module_file_defines_module_widget_and_test():
     assert 'self.parent.title = "ProstateKD"' in text
     assert 'self.parent.categories = ["Segmentation"]' in text
     assert "Knowledge Distillation for Adaptive MRI Prostate Segmentation" in text
-    assert "PhantomCase01.nii.gz" in text and (ROOT / "Resources/Samples/PhantomCase01.nii.gz").is_file()
+    assert "PROMISE12_HK_Case13.nii.gz" in text and (ROOT / "Resources/Samples/PROMISE12_HK_Case13.nii.gz").is_file()
 
 
 # ------------------------------------------------------------ Extensions Index

@@ -185,7 +185,7 @@ def test_module_metadata(env):
     parent = types.SimpleNamespace()
     env.module.ProstateKD(parent)
     assert parent.title == "ProstateKD" and parent.categories == ["Segmentation"]
-    assert "prostatekd-student" in parent.helpText and "licence Apache-2.0" in parent.helpText
+    assert "prostatekd-student" in parent.helpText and "licence CC-BY-4.0" in parent.helpText
     assert "Ben Loussaief" in parent.helpText
 
 
@@ -194,7 +194,7 @@ def test_apply_edit_save_on_a_real_volume(widget, env, real_case, tmp_path):
     assert [ui.modelComboBox.itemData(i) for i in range(ui.modelComboBox.count)] == \
         ["prostatekd-student", "prostatekd-teacher"]
     assert ui.modelComboBox.currentData == "prostatekd-student"
-    assert "Licence:</b> Apache-2.0" in ui.modelInfoLabel.text
+    assert "Licence:</b> CC-BY-4.0" in ui.modelInfoLabel.text
     assert not ui.applyButton.enabled  # no volume yet
 
     volume = load_volume(scene, real_case["path"], "Case13")
