@@ -248,7 +248,7 @@ def test_a_one_channel_teacher_is_refused_when_two_channels_are_loaded(tmp_path)
 
     smoke = yaml.safe_load((Path(__file__).resolve().parents[1] / "training" / "configs" / "smoke.yaml").read_text())
     smoke["data"].update(root=str(tmp_path), channels=[0, 1])
-    smoke["preprocessing"].update(orientation="RAS", spacing=[0.8, 0.8, 3.0],  # the bundled model's grid
+    smoke["preprocessing"].update(orientation="RAS", spacing=[1.0, 1.0, 3.0],  # the bundled model's grid
                                   normalization={"name": "zscore", "clip_percentiles": [0.5, 99.5]})
     config = config_from_dict(smoke, "kd.yaml")
     bundled = load_bundle(Path(__file__).resolve().parents[1] / "Resources" / "Models" / "prostatekd-student")

@@ -36,8 +36,8 @@ def test_monai_bundle_run_reproduces_segment(tmp_path: Path, capsys: pytest.Capt
         "configs/inference.json", "configs/metadata.json", "docs/README.md", "models/model.pt"
     ]
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
-    assert (metadata["name"], metadata["version"], metadata["license"]) == ("prostatekd-student", "0.2.0",
-                                                                            "Apache-2.0")
+    assert (metadata["name"], metadata["version"], metadata["license"]) == ("prostatekd-student", "0.3.0",
+                                                                            "CC-BY-4.0")
     assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "Prostate"}
     images = tmp_path / "images"
     images.mkdir()

@@ -415,19 +415,19 @@ def test_channel_of_a_multichannel_volume(scene, make_volume):
 
 
 def test_sample_scenario_with_the_default_model(scene, tmp_path):
-    """What ProstateKDTest does inside Slicer: load the phantom, segment, check, save a training case."""
+    """What ProstateKDTest does inside Slicer: load the real sample, segment, check, save a training case."""
     samples = Path(__file__).resolve().parents[1] / "Resources" / "Samples"
-    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "PhantomCase01")
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "PROMISE12_HK_Case13")
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(str(samples / "PhantomCase01.nii.gz"))
+    storage.SetFileName(str(samples / "PROMISE12_HK_Case13.nii.gz"))
     assert storage.ReadData(volume)
     logic = ProstateKDLogic(scene)
     node, result = logic.segment(volume, device="cpu")  # default model: the bundled student
     check_prostate_segment(node)
     assert 10 < result.volume_ml < 80 and result.warnings == []
-    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(samples / "PhantomCase01_segmentation.nii.gz"))) > 0
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(samples / "PROMISE12_HK_Case13_segmentation.nii.gz"))) > 0
     mask = sitk.GetArrayFromImage(segmentation_node_to_mask(node, volume, scene)) > 0
-    assert 2 * (mask & reference).sum() / (mask.sum() + reference.sum()) > 0.8
+    assert 2 * (mask & reference).sum() / (mask.sum() + reference.sum()) > 0.78  # expert mask; CLI: 0.807
     case = logic.save_training_case(volume, node, str(tmp_path), "PHANTOM")
     assert case.case_id == "PHANTOM/Case00"
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(case.label))), mask)
