@@ -52,6 +52,11 @@ def test_registry_lists_every_method_with_documented_formula():
 def test_every_distiller_trains_a_step_with_finite_named_terms(name):
     distiller = make(name).train()
     image, label = batch()
+    if distiller.needs_validation_data:  # as the training loop does: held-out reliability, meta data
+        from training.distillers import TrainingContext
+
+        distiller.prepare(TrainingContext(val_volumes=[(image[0], label[0])], patch_size=PATCH, batch_size=2,
+                                          epochs=1, device=torch.device("cpu"), train_sites=["A"], val_sites=["A"]))
     params = distiller.trainable_parameters()
     optimizer = torch.optim.Adam(params, lr=0.01)
     before = {k: v.clone() for k, v in distiller.state_dict().items()}
@@ -137,7 +142,7 @@ def test_adaptive_student_down_weights_an_inverted_teacher_in_training():
     teachers = [FixedTeacher(1.0), FixedTeacher(1.0), FixedTeacher(-1.0)]  # the third is inverted
     distiller = build_distiller(
         "multi_teacher_adaptive", unet(), teachers, example_input=image[:1],
-        student_layers=["model.1.submodule"], teacher_layers=["conv"],
+        student_layers=["model.1.submodule"], teacher_layers=["conv"], reliability="dice",
     ).train()
     _, terms = distiller.forward_train(image, label)
     w = distiller.last_weights
@@ -215,7 +220,7 @@ def with_distiller(data: dict, teachers: list[str] | None = None, **distiller) -
         ({"name": "multi_teacher_adaptive", "tau": -1}, ["/t/a", "/t/b"],
          "key 'distiller.tau' must be a number > 0, got -1"),
         ({"name": "multi_teacher_adaptive", "reliability": "iou"}, ["/t/a", "/t/b"],
-         "key 'distiller.reliability' must be one of dice, ce, got 'iou'"),
+         "key 'distiller.reliability' must be one of held_out, dice, ce, got 'iou'"),
         ({"name": "seed_kd", "feature_layers": "head"}, ["/t/a"],
          "key 'distiller.feature_layers' must be one of all, bottleneck, decoder, got 'head'"),
         ({"name": "seed_kd", "student_layers": "model"}, ["/t/a"],

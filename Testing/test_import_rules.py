@@ -11,8 +11,9 @@ from conftest import ROOT, import_graph
 
 SOURCES = sorted(
     p for folder in ("ProstateKDLib", "training", "Testing", "benchmarks")
-    for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts
-) + [ROOT / "ProstateKD.py"]
+    for p in (ROOT / folder).rglob("*.py")
+    if "__pycache__" not in p.parts and not any(part.startswith(".") for part in p.relative_to(ROOT).parts)
+)  # hidden folders (the peer's benchmarks/.venv-peer) are not ours + [ROOT / "ProstateKD.py"]
 
 
 def _private(name: str) -> bool:

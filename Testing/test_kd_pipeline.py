@@ -129,7 +129,7 @@ def test_pipeline_teachers_per_site_adaptive_student_evaluate_export_segment(dat
     prov = bundle.meta.provenance
     assert prov["method"].startswith(
         "distiller 'multi_teacher_adaptive' (knowledge distillation); loss 1*dice + 1*lovasz + 1*kl + 1*feature; "
-        "temperature=2, feature_layers=all, feature_normalize=none, tau=0.1, confidence_weight=0.2, reliability=dice"
+        "temperature=2, feature_layers=all, feature_normalize=none, tau=0.1, confidence_weight=0.2, reliability=held_out"
     )
     assert prov["distillation"]["weights"] == {"dice": 1.0, "lovasz": 1.0, "kl": 1.0, "feature": 1.0}
     assert [t["name"] for t in prov["teachers"]] == ["tiny-teacher-BMC", "tiny-teacher-RUNMC"]

@@ -147,7 +147,10 @@ def crop_size(augmentation: Mapping[str, Any], patch_size: Sequence[int]) -> tup
     for axis, patch in enumerate(patch_size):
         others = [a for i, a in enumerate(angles) if i != axis]
         spread = max(abs(math.cos(a)) + abs(math.sin(a)) for a in others)
-        size.append(int(math.ceil(patch * zoom * spread)))
+        need = int(math.ceil(patch * zoom * spread))
+        # an even margin keeps the patch centre on a voxel centre: an affine that happens to be the
+        # identity then moves nothing by half a voxel (the nearest-neighbour label would round it)
+        size.append(patch + 2 * ((max(need, patch) - patch + 1) // 2))
     return tuple(size)  # type: ignore[return-value]
 
 

@@ -120,6 +120,25 @@ def select_cases(config: Config) -> tuple[list[Any], list[Any]]:
     return train, val
 
 
+def unlabelled_cases(config: Config) -> list[Any]:
+    """The images of ``data.unlabelled`` (none when unset), refused when one is a test case of ``data.index``.
+
+    Raises:
+        DataError: unreadable folder, no image, or an image of the index's test split.
+    """
+    from ProstateKDLib.datasets import index_images
+
+    if config.data.unlabelled is None:
+        return []
+    images = index_images(config.data.unlabelled)
+    if config.data.index is not None:
+        from .prepare import index_split
+
+        check_no_test_leak(images, index_split(config.data.index, "test", config.data.fold, config.data.root),
+                           config.data.index)
+    return images
+
+
 def describe_subset(data: DataConfig) -> str:
     """One line: which part of the data a run was trained on (for provenance)."""
     parts = []

@@ -17,7 +17,7 @@ import sys
 from typing import Any, Sequence
 
 COMMANDS = ("train", "export", "prepare", "evaluate", "train_teacher", "distill", "self_distill", "adapt", "coteach",
-            "distill_data_free")
+            "distill_data_free", "teach_cache")
 
 
 def add_parsers(subparsers: Any) -> None:

@@ -61,6 +61,9 @@ class DataConfig:
     ``index`` (a dataset index written by ``prostatekd prepare``) replaces the folder scan:
     the run trains on fold ``fold``'s training cases, validates on its validation cases, and
     never sees the index's test cases (``root`` defaults to the index's data root).
+    ``unlabelled`` (a folder of images without masks, ``<SITE>/<name>.nii.gz`` or flat) adds
+    training images for distillers that accept them (label terms skip them; the teachers'
+    maps guide their patches); an image that is also a test case of the index is refused.
     """
 
     root: str
@@ -72,6 +75,7 @@ class DataConfig:
     channels: tuple[int, ...] | None = None
     index: str | None = None
     fold: int = 0
+    unlabelled: str | None = None
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,7 @@ class Config:
         out.pop("source")
         options = out["distiller"].pop("options")
         out["distiller"].update(options)
-        for key in ("sites", "subset", "channels", "index"):
+        for key in ("sites", "subset", "channels", "index", "unlabelled"):
             if out["data"][key] is None:
                 out["data"].pop(key)
         if "index" not in out["data"]:
@@ -549,6 +553,7 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
         channels=s.get("channels", _channels, None),
         index=index,
         fold=s.get("fold", _int(0), 0),
+        unlabelled=s.get("unlabelled", _optional(_resolve_root), None),
     )
     s.finish()
 

@@ -1,8 +1,9 @@
 """Teachers of a distillation run: find their bundles, check their grid, describe them.
 
 A config's ``teachers`` entries (expanded by :mod:`training.config` at load
-time) are model bundles (folder, ``.zip`` or ``model.json``) or the names of
-installed ones; a run folder stands for its ``bundle/`` and a ``train-teacher``
+time) are model bundles (folder, ``.zip`` or ``model.json``), the names of
+installed ones, or external teachers (folders of per-case probability maps, see
+:mod:`training.external_teacher`; their maps are on each case's own grid, so no grid check); a run folder stands for its ``bundle/`` and a ``train-teacher``
 folder for every teacher listed in its ``teachers.json``.
 
 Voxel-wise distillation compares teacher and student probabilities voxel by
@@ -32,14 +33,22 @@ GRID_HINT = "teacher and student must share orientation, spacing and normalizati
 
 @dataclass
 class Teacher:
-    """A loaded, frozen-to-be teacher: its network, bundle and a provenance record."""
+    """A loaded, frozen-to-be teacher: its network, bundle and a provenance record.
+
+    For an external teacher (a folder of probability maps, :mod:`training.external_teacher`)
+    ``network`` is a :class:`~training.cached_teacher.CachedTeacher`, ``bundle`` is None and
+    ``external`` the opened folder.
+    """
 
     network: Any
     bundle: Any
     entry: str
+    external: Any = None
 
     def describe(self) -> dict[str, Any]:
         """Name, version, path, network, parameters, training subset and validation Dice."""
+        if self.external is not None:
+            return self.external.describe()
         meta = self.bundle.meta
         prov = dict(meta.provenance)
         return {
@@ -101,8 +110,16 @@ def load_teachers(config: Config) -> list[Teacher]:
     """
     from ProstateKDLib.bundle import resolve_model
 
-    teachers = []
+    from .cached_teacher import CachedTeacher
+    from .external_teacher import is_external_teacher, read_external_teacher
+
+    teachers: list[Teacher] = []
     for entry in config.teachers:
+        if is_external_teacher(entry):
+            external = read_external_teacher(entry)
+            channel = sum(1 for t in teachers if t.external is not None)
+            teachers.append(Teacher(CachedTeacher(external.name, channel), None, entry, external))
+            continue
         try:
             bundle = resolve_model(entry)
             check_teacher_grid(config, bundle)

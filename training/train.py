@@ -103,17 +103,42 @@ def _write_log(run_dir: Path, history: Sequence[dict[str, Any]], terms: Sequence
     write_log_csv(run_dir, history, ["epoch", "loss", *terms, "val_dice", "lr", "seconds"])  # terms, then stats
 
 
-def _load_volumes(cases: Sequence[Any], config: Config, what: str, progress: bool) -> list[tuple[Any, Any]]:
+def _load_volumes(
+    cases: Sequence[Any], config: Config, what: str, progress: bool, externals: Sequence[Any] = ()
+) -> list[tuple[Any, ...]]:
     from tqdm.auto import tqdm
 
-    from ProstateKDLib.datasets import load_case
+    from .training_volumes import load_training_volume
 
     pre = config.preprocessing
     norm = pre.normalization.as_dict()
     return [
-        load_case(case, pre.orientation, pre.spacing, norm)
+        load_training_volume(case, pre.orientation, pre.spacing, norm, externals)
         for case in tqdm(cases, desc=f"preprocessing {what}", unit="case", disable=not progress, leave=False)
     ]
+
+
+def _check_cached_inputs(config: Config, cases: Sequence[Any], unlabelled: Sequence[Any]) -> None:
+    """ConfigError/DataError before anything is written: unlabelled images the method cannot use, missing maps."""
+    from training.distillers import DISTILLERS
+
+    from .external_teacher import is_external_teacher, read_external_teacher
+
+    externals = [read_external_teacher(entry) for entry in config.teachers if is_external_teacher(entry)]
+    try:
+        method = DISTILLERS.get(config.distiller.name)
+    except KeyError:  # pragma: no cover - the config check knows the names
+        return
+    if unlabelled and not (method.accepts_unlabelled and externals):
+        why = "has no cached (external) teacher" if method.accepts_unlabelled else "cannot train on unlabelled images"
+        raise ConfigError(f"config {config.source}: key 'data.unlabelled' is set but distiller "
+                          f"{config.distiller.name!r} {why}")
+    for external in externals:
+        missing = external.missing([c.case_id for c in [*cases, *unlabelled]])
+        if missing:
+            raise DataError(f"teacher {external.name!r} ({external.folder}) has no map for {len(missing)} training "
+                            f"case{'s' if len(missing) != 1 else ''}, e.g. {missing[0]} "
+                            f"(expected {external.map_path(missing[0])})")
 
 
 def validate(
@@ -218,7 +243,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
 
     from ProstateKDLib.networks import count_parameters
 
-    from .cases import describe_subset, select_cases
+    from .cases import describe_subset, select_cases, unlabelled_cases
     from .checkpoint import BEST, LAST, atomic_save, capture_rng, load_checkpoint, restore_rng, seed_everything
     from .distributed import all_reduce_mean, barrier, gather_objects, wrap_ddp
     from .runinfo import machine_info, start_session
@@ -230,6 +255,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
     progress = progress and main
     _check_run_dir(run_dir, resume)
     train_cases, val_cases = select_cases(config)  # a leaking index is refused before anything is written
+    extra_cases = unlabelled_cases(config)
+    _check_cached_inputs(config, train_cases, extra_cases)
     checkpoint = load_checkpoint(run_dir / LAST) if resume else None
     if checkpoint is not None:
         _check_resumable(config, checkpoint.get("config", {}))
@@ -244,18 +271,20 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
     teachers = load_teachers(config)
     seed_everything(cfg_t.seed)
     distiller = _build(config, teachers, device)
+    externals = [t.external for t in teachers if t.external is not None]
     params = distiller.trainable_parameters()
     optimizer_cls = torch.optim.AdamW if cfg_t.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_cls(params, lr=cfg_t.learning_rate, weight_decay=cfg_t.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     step_fn = wrap_ddp(distiller, ctx, device)
 
-    train_volumes = _load_volumes(train_cases, config, "training cases", progress)
+    train_volumes = _load_volumes([*train_cases, *extra_cases], config, "training cases", progress, externals)
     wants_val = main or distiller.needs_validation_data
     val_volumes = _load_volumes(val_cases, config, "validation cases", progress) if wants_val else []
     sampler = PatchSampler(train_volumes, config.preprocessing.patch_size, cfg_t.positive_fraction,
                            seed=[cfg_t.seed, 1], rank=ctx.rank, world_size=ctx.world_size,
-                           augmentation=config.augmentation)
+                           augmentation=config.augmentation,
+                           labelled=[True] * len(train_cases) + [False] * len(extra_cases))
     steps_per_epoch = sampler.iterations(cfg_t.patches_per_volume, cfg_t.batch_size)
     total_steps = steps_per_epoch * cfg_t.epochs
 
@@ -283,7 +312,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
     distiller.prepare(TrainingContext(
         val_volumes=val_volumes, patch_size=tuple(config.preprocessing.patch_size), batch_size=cfg_t.batch_size,
         epochs=cfg_t.epochs, device=device, seed=cfg_t.seed, resumed=checkpoint is not None,
-        train_case_ids=[c.case_id for c in train_cases]))
+        train_case_ids=[c.case_id for c in train_cases], train_sites=[c.site for c in [*train_cases, *extra_cases]],
+        val_sites=[c.site for c in val_cases] if wants_val else []))
     val_volumes = val_volumes if main else []
     terms = list(distiller.loss_names)
     columns = terms + distiller.stat_names()
@@ -299,7 +329,9 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
                 "parameters": count_parameters(distiller.student),
                 "data": {"root": config.data.root, "subset": describe_subset(config.data),
                          "train_cases": [c.case_id for c in train_cases],
-                         "val_cases": [c.case_id for c in val_cases]},
+                         "val_cases": [c.case_id for c in val_cases],
+                         **({"unlabelled": config.data.unlabelled,
+                             "unlabelled_cases": [c.case_id for c in extra_cases]} if extra_cases else {})},
                 "method": distiller.describe(),
                 "adapter_parameters": sum(p.numel() for _, p in distiller.named_learned_parameters()),
                 "teachers": teacher_info,
@@ -317,11 +349,15 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any
         distiller.start_epoch(epoch, cfg_t.epochs)
         keys = ["loss", *columns]
         sums = {name: 0.0 for name in keys}
-        bar = tqdm(sampler.epoch(cfg_t.patches_per_volume, cfg_t.batch_size), total=steps_per_epoch,
+        bar = tqdm(sampler.batches(cfg_t.patches_per_volume, cfg_t.batch_size), total=steps_per_epoch,
                    desc=f"epoch {epoch}/{cfg_t.epochs}", unit="batch", disable=not progress, leave=False,
                    mininterval=1.0)
         lr = cfg_t.learning_rate
-        for image, label in bar:
+        for batch in bar:
+            image, label = batch["image"], batch["label"]
+            maps = batch.get("teacher")
+            distiller.teacher_maps = None if maps is None else maps.to(device)  # cached (external) teachers
+            distiller.batch_labelled = batch["labelled"] if extra_cases else None  # label terms skip unlabelled
             lr = learning_rate(cfg_t.learning_rate, cfg_t.lr_schedule, state["step"], total_steps,
                                cfg_t.warmup_steps, state["lr_anchor"])
             for group in optimizer.param_groups:

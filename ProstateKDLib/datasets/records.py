@@ -28,7 +28,8 @@ class CaseRecord:
     ``channel`` picks one channel of a multi-channel image (for example T2 of the
     4D T2+ADC Decathlon volumes); ``None`` for plain 3D images. ``channels``
     (when set) makes :func:`load_case` read several channels, each preprocessed on
-    its own, stacked in that order (a cross-modality teacher's input).
+    its own, stacked in that order (a cross-modality teacher's input). ``label`` is
+    ``None`` for an unlabelled image (:func:`~.images.index_images`).
     """
 
     case_id: str

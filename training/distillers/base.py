@@ -43,6 +43,9 @@ class TrainingContext:
         seed: the run's training seed (for a method's own random draws).
         resumed: True when the run continues from a checkpoint (learned state restored).
         train_case_ids: ids of the training cases (index order of the patch sampler).
+        train_sites: site of every volume of the patch sampler (training cases, then any
+            unlabelled images), indexed like :attr:`Distiller.batch_case_index`.
+        val_sites: site of every validation volume.
     """
 
     val_volumes: Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -53,6 +56,8 @@ class TrainingContext:
     seed: int = 0
     resumed: bool = False
     train_case_ids: Sequence[str] = field(default_factory=tuple)
+    train_sites: Sequence[str] = field(default_factory=tuple)
+    val_sites: Sequence[str] = field(default_factory=tuple)
 
 
 class Distiller(torch.nn.Module):
@@ -93,6 +98,10 @@ class Distiller(torch.nn.Module):
     min_teachers: ClassVar[int] = 0
     max_teachers: ClassVar[int | None] = None
     needs_validation_data: ClassVar[bool] = False
+    #: the method can take :class:`~training.cached_teacher.CachedTeacher` teachers (outputs only)
+    accepts_cached_teachers: ClassVar[bool] = False
+    #: the method can train on unlabelled samples (its label terms skip them)
+    accepts_unlabelled: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -122,6 +131,13 @@ class Distiller(torch.nn.Module):
         self.stats: dict[str, torch.Tensor] = {}
         self.epoch, self.epochs = 1, 1
         self.batch_case_index: torch.Tensor | None = None  # training-case index of each sample, set by the loop
+        self.teacher_maps: torch.Tensor | None = None  # (B, T_cached, *patch) cached teacher maps, set by the loop
+        self.batch_labelled: torch.Tensor | None = None  # (B,) bool: which samples have a label, set by the loop
+        from ..cached_teacher import is_cached
+
+        if any(is_cached(t) for t in self.teachers) and not self.accepts_cached_teachers:
+            raise ValueError(f"distiller {self.name!r} needs network teachers; a cached (external) teacher "
+                             "gives only probabilities (use logit_kd, or seed_kd / multi_teacher_* with weight feature 0)")
 
     # ------------------------------------------------------------ training-loop hooks
     def prepare(self, context: TrainingContext) -> None:
@@ -263,8 +279,25 @@ class Distiller(torch.nn.Module):
 
     @torch.no_grad()
     def teacher_logits(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """Logits of every teacher for ``image`` (no gradients)."""
-        return [teacher(image) for teacher in self.teachers]
+        """Logits of every teacher for ``image`` (no gradients); cached teachers read :attr:`teacher_maps`."""
+        from ..cached_teacher import is_cached
+
+        return [teacher.logits_from(self.teacher_maps) if is_cached(teacher) else teacher(image)
+                for teacher in self.teachers]
+
+    def labelled_part(
+        self, logits: torch.Tensor, label: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(logits, label)`` of the batch's labelled samples (all of them when :attr:`batch_labelled`
+        is unset); ``None`` when no sample of the batch has a label."""
+        if self.batch_labelled is None:
+            return logits, label
+        keep = self.batch_labelled.to(device=logits.device, dtype=torch.bool)
+        if bool(keep.all()):
+            return logits, label
+        if not bool(keep.any()):
+            return None
+        return logits[keep], label[keep]
 
     def describe(self) -> dict[str, Any]:
         """Method name, loss weights and option values (for provenance)."""

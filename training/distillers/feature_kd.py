@@ -24,6 +24,7 @@ from ..losses import FeatureDistillationLoss, FeatureHooks, LovaszSoftmaxLoss, S
 from ProstateKDLib.checks import choice, module_names, positive_number
 from .parts import FEATURE_LAYER_CHOICES, FEATURE_NORMALIZE_CHOICES, feature_layer_pair, unique
 from .base import Distiller, Option
+from ..cached_teacher import is_cached
 
 FEATURE_OPTIONS: dict[str, Option] = {
     "temperature": Option(2.0, positive_number, "softmax temperature T of the KL term"),
@@ -54,6 +55,8 @@ class FeatureKD(Distiller):
     """
 
     loss_names = ("dice", "lovasz", "kl", "feature")
+    accepts_cached_teachers = True  # with weight feature 0: cached teachers have no features
+    accepts_unlabelled = True
     default_weights = {"dice": 1.0, "lovasz": 1.0, "kl": 1.0, "feature": 1.0}
     options = FEATURE_OPTIONS
 
@@ -74,14 +77,19 @@ class FeatureKD(Distiller):
         self.dice = dice_loss()
         self.lovasz = LovaszSoftmaxLoss()
         self.kl = SoftmaxKLDivLoss(s["temperature"])
+        self.uses_features = not any(is_cached(t) for t in self.teachers)
+        if not self.uses_features and self.weights["feature"] > 0:
+            raise ValueError(f"a cached (external) teacher has no features: set distiller.weights.feature to 0 "
+                             f"for {self.name!r} (or use network teachers)")
         self.layer_pairs = [
             feature_layer_pair(student, teacher, s["feature_layers"], s["student_layers"], s["teacher_layers"])
+            if self.uses_features else ([], [])
             for teacher in self.teachers
         ]
         example = example_input[:1].detach()
         self.feature_losses = torch.nn.ModuleList(
             FeatureDistillationLoss.from_models(student, teacher, sl, tl, example, normalize=s["feature_normalize"])
-            for teacher, (sl, tl) in zip(self.teachers, self.layer_pairs)
+            for teacher, (sl, tl) in zip(self.teachers, self.layer_pairs) if self.uses_features
         )
         self.student_layers = unique([sl for sl, _ in self.layer_pairs])
 
@@ -113,20 +121,28 @@ class FeatureKD(Distiller):
         self, image: torch.Tensor, label: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Student logits and ``{"dice", "lovasz", "kl", "feature"}`` (unweighted)."""
-        with FeatureHooks(self.student, self.student_layers) as s_hooks:
-            logits = self.student(image)
-            student_features = {name: s_hooks[name] for name in self.student_layers}
+        if self.uses_features:
+            with FeatureHooks(self.student, self.student_layers) as s_hooks:
+                logits = self.student(image)
+                student_features = {name: s_hooks[name] for name in self.student_layers}
+        else:  # cached teachers: no features to match
+            logits, student_features = self.student(image), {}
         teacher_logits, teacher_features = [], []
         with torch.no_grad():
             for teacher, (_, tl) in zip(self.teachers, self.layer_pairs):
+                if is_cached(teacher):
+                    teacher_logits.append(teacher.logits_from(self.teacher_maps))
+                    continue
                 with FeatureHooks(teacher, tl, detach=True) as t_hooks:
                     teacher_logits.append(teacher(image))
                     teacher_features.append(t_hooks.outputs())
             weights = self.teacher_weights(teacher_logits, label)
+        zero = logits.sum() * 0.0
+        labelled = self.labelled_part(logits, label)  # label terms skip unlabelled samples
         terms = {
-            "dice": self.dice(logits.float(), label.float()),
-            "lovasz": self.lovasz(logits, label),
+            "dice": zero if labelled is None else self.dice(labelled[0].float(), labelled[1].float()),
+            "lovasz": zero if labelled is None else self.lovasz(*labelled),
             "kl": self.kl_term(logits, teacher_logits, weights),
-            "feature": self.feature_term(student_features, teacher_features, weights),
+            "feature": self.feature_term(student_features, teacher_features, weights) if self.uses_features else zero,
         }
         return logits, terms

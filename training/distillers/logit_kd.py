@@ -36,6 +36,8 @@ class LogitKD(Distiller):
     options = {"temperature": Option(2.0, positive_number, "softmax temperature T of the KL term")}
     min_teachers = 1
     max_teachers = None
+    accepts_cached_teachers = True
+    accepts_unlabelled = True
 
     def __init__(
         self,
@@ -55,4 +57,10 @@ class LogitKD(Distiller):
         """Student logits and ``{"dice", "ce", "kl"}`` (unweighted)."""
         logits = self.student(image)
         target = mean_teacher_logits(self.teacher_logits(image), self.kl.temperature)
-        return logits, {**dice_ce_terms(self.loss, logits, label), "kl": self.kl(logits, target)}
+        labelled = self.labelled_part(logits, label)
+        if labelled is None:  # a batch of unlabelled images: only the teacher term
+            zero = logits.sum() * 0.0
+            supervised = {"dice": zero, "ce": zero}
+        else:
+            supervised = dice_ce_terms(self.loss, *labelled)
+        return logits, {**supervised, "kl": self.kl(logits, target)}
