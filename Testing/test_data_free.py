@@ -83,7 +83,7 @@ def test_datafree_recipe_on_a_tiny_comparison_run(tmp_path, capsys):
     from training.recipes import compare_datafree, compare_kd
 
     compare = tmp_path / "compare"
-    assert compare_kd.main(["--out", str(compare), "--scale", "tiny", "--quiet", "--methods", "none,logit_kd"]) == 0
+    assert compare_kd.main(["--out", str(compare), "--scale", "tiny", "--quiet", "--methods", "none,logit_kd", "--seeds", "1"]) == 0
     out = tmp_path / "df"
     assert compare_datafree.main(["--compare", str(compare), "--out", str(out), "--epochs", "1", "--batches", "1",
                                   "--quiet"]) == 0

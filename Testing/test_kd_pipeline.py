@@ -341,7 +341,7 @@ def test_compare_recipe_tiny(tmp_path, capsys):
     from training.recipes.compare_kd import METHODS, main
 
     out = tmp_path / "compare"
-    assert main(["--out", str(out), "--scale", "tiny", "--quiet"]) == 0
+    assert main(["--out", str(out), "--scale", "tiny", "--quiet", "--seeds", "1"]) == 0
     assert "| multi_teacher_adaptive | student | per-site teachers |" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     names = [m["model"] for m in results["models"]]
@@ -376,13 +376,21 @@ def test_compare_recipe_tiny(tmp_path, capsys):
 
 
 def test_compare_recipe_methods_subset(tmp_path):
-    """``--methods none,logit_kd``: only the full-data teacher is trained (no per-site teachers)."""
+    """``--methods none,logit_kd --seeds 2``: only the full-data teacher; each student twice; the seed table."""
     from training.recipes.compare_kd import main
 
     out = tmp_path / "compare"
-    assert main(["--out", str(out), "--scale", "tiny", "--quiet", "--methods", "none,logit_kd"]) == 0
+    assert main(["--out", str(out), "--scale", "tiny", "--quiet", "--methods", "none,logit_kd", "--seeds", "2"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert [m["model"] for m in results["models"]] == ["teacher_full", "none", "logit_kd"]
+    assert [m["model"] for m in results["models"]] == ["teacher_full", "none", "none@seed1", "logit_kd",
+                                                       "logit_kd@seed1"]
+    seeds = json.loads((out / "seeds.json").read_text())
+    assert seeds["baseline"] == "none" and [m["method"] for m in seeds["methods"]] == ["none", "logit_kd"]
+    assert all(m["seeds"] == 2 for m in seeds["methods"])
+    diff = seeds["methods"][1]["diff"]
+    assert diff["n"] == 2 and diff["low"] <= diff["mean"] <= diff["high"]
+    assert "## Students over seeds" in (out / "results.md").read_text()
+    assert json.loads((out / "students" / "logit_kd@seed1" / "run.json").read_text())["seeds"]["train"] == 1
     assert not (out / "teachers_site").exists() and not (out / "students" / "seed_kd").exists()
     provenance = json.loads((out / "students" / "logit_kd" / "bundle" / "model.json").read_text())["provenance"]
     assert [t["path"] for t in provenance["teachers"]] == [str(out / "teacher_full" / "all" / "bundle")]

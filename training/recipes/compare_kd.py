@@ -181,8 +181,9 @@ def _timed(record: dict[str, float], key: str, fn: Any, *args: Any, **kwargs: An
 
 
 def train_all(out: Path, pool: Path, scale: dict[str, Any], threads: int, jobs: int, resume: bool,
-              progress: bool, methods: list[str] | None = None) -> dict[str, Any]:
-    """Teachers, assistants, then students.
+              progress: bool, methods: list[str] | None = None, seeds: int = 1) -> dict[str, Any]:
+    """Teachers, assistants, then students (each student method with training seeds ``0 .. seeds-1``;
+    seed 0 is ``students/<method>``, seed k ``students/<method>@seed<k>``).
 
     Returns:
         ``{model key: {"bundle", "role", "method", "teachers", "train_s", "prereq_s"}}``; ``prereq_s``
@@ -219,12 +220,14 @@ def train_all(out: Path, pool: Path, scale: dict[str, Any], threads: int, jobs: 
                            "method": "none (teacher)", "teachers": "",
                            "subset": record["training_subset"], "train_s": _run_seconds(run), "prereq_s": 0.0}
     def student(key: str, method: str, teachers: list[str], *, channels: Any = None, res: int | None = None,
-                export: dict[str, Any] | None = None) -> Path:
-        """Train (or keep) ``students/<key>`` with ``method`` and export its bundle."""
+                export: dict[str, Any] | None = None, seed: int = 0) -> Path:
+        """Train (or keep) ``students/<key>`` with ``method`` (training seed ``seed``) and export its bundle."""
         run, bundle = out / "students" / key, out / "students" / key / "bundle"
         if not (bundle / "model.json").is_file():
             print(f"== student: {key}", flush=True)
             data = base_config(pool, scale, "student", threads)
+            if seed:
+                data["train"]["seed"] = seed
             data["distiller"] = {"name": method, **({"weights": dict(WEIGHTS[method])} if method in WEIGHTS else {})}
             if channels is not None:
                 data["model"]["kwargs"].update(channels=list(channels), num_res_units=res)
@@ -266,13 +269,15 @@ def train_all(out: Path, pool: Path, scale: dict[str, Any], threads: int, jobs: 
                     "ladder": assistants + full, "generation1": [str(out / "students" / "none" / "bundle")]}
     for method in ordered:
         source = METHODS[method]
-        run = student(method, method, teacher_dirs[source] if source else [])
-        prereq = {"assistants": assistant_s, "ladder": assistant_s}.get(source or "", 0.0)
-        if source == "generation1":
-            prereq = _run_seconds(out / "students" / "none")
-        models[method] = {"bundle": str(run / "bundle"), "role": "student", "method": method,
-                          "teachers": TEACHER_TEXT.get(source or "", ""), "subset": "all training cases",
-                          "train_s": _run_seconds(run), "prereq_s": prereq}
+        for seed in range(seeds if method in methods else 1):
+            key = method if seed == 0 else f"{method}@seed{seed}"
+            run = student(key, method, teacher_dirs[source] if source else [], seed=seed)
+            prereq = {"assistants": assistant_s, "ladder": assistant_s}.get(source or "", 0.0)
+            if source == "generation1":
+                prereq = _run_seconds(out / "students" / "none")
+            models[key] = {"bundle": str(run / "bundle"), "role": "student", "method": method, "seed": seed,
+                           "teachers": TEACHER_TEXT.get(source or "", ""), "subset": "all training cases",
+                           "train_s": _run_seconds(run), "prereq_s": prereq}
     for value in models.values():
         value["parameters"] = count_parameters(load_bundle(value["bundle"]).build_network())
     return models
@@ -304,6 +309,23 @@ def evaluate_all(out: Path, models: dict[str, Any], test: list[Any], threads: in
                 for r in csv.DictReader(handle)]
 
 
+def write_seed_report(out: Path, models: dict[str, Any], rows: list[dict[str, Any]], baseline: str) -> str:
+    """``seeds.md`` / ``seeds.json``: students over seeds, paired to ``baseline``; appended to ``results.md``."""
+    from training.recipes.seed_statistics import seed_table_markdown, summarise_seeds
+
+    students = [{"method": models[r["model"]]["method"], "seed": models[r["model"]].get("seed", 0),
+                 "case": r["case"], "dice": r["dice"]} for r in rows if models[r["model"]]["role"] == "student"]
+    summary = summarise_seeds(students, baseline)
+    text = ("\n## Students over seeds\n\n" + seed_table_markdown(summary, baseline)
+            + "\nA method is called better only when the interval excludes 0. Phantom numbers: a pipeline check.\n")
+    (out / "seeds.md").write_text(text.lstrip(), encoding="utf-8")
+    (out / "seeds.json").write_text(json.dumps({"baseline": baseline, "methods": summary}, indent=1) + "\n",
+                                    encoding="utf-8")
+    with open(out / "results.md", "a", encoding="utf-8") as handle:
+        handle.write(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the recipe; prints the results table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -316,8 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="keep finished stages of --out")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated students to train (default: all of {', '.join(METHODS)})")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="training seeds per student method (default 3; mean ± SD and paired intervals)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds: must be at least 1, got {args.seeds}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -340,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = copy.deepcopy(SCALES[args.scale])
     started = time.perf_counter()
     pool, test = make_data(out, scale, args.seed)
-    models = train_all(out, pool, scale, args.threads, args.jobs, args.resume, not args.quiet, methods)
+    models = train_all(out, pool, scale, args.threads, args.jobs, args.resume, not args.quiet, methods, args.seeds)
     print("== evaluation on the held-out test cases", flush=True)
     rows = evaluate_all(out, models, test, args.threads)
     print("== complexity and latency", flush=True)
@@ -357,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'x'.join(f'{s:g}' for s in volume.GetSpacing())} mm)",
             "recipe_seconds": time.perf_counter() - started}
     table = write_report(out, models, rows, scale["sites"], meta)
+    table += write_seed_report(out, models, rows, "none" if "none" in methods else methods[0])
     if "ctkd" in models:  # the learned temperature over the run
         from training.plot_log import plot_log_columns
 
