@@ -308,3 +308,14 @@ def test_teach_cache_writes_a_teacher_folder_that_distill_reads(cached_setup, ti
     code = main(["teach-cache", str(tiny_bundle.path), str(cached_setup / "index.json"), "--out", str(other)])
     assert code == 7 and "is not a teacher cache" in capsys.readouterr().err
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_evaluate_scores_an_external_teacher_from_its_maps(cached_setup, tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--model", str(cached_setup / "teacher"), "--model", str(tiny_bundle.path), "--index",
+                 str(cached_setup / "index.json"), "--split", "test", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    maps = summary["models"]["label-copy"]
+    assert maps["bundle"] == str(cached_setup / "teacher") and maps["dice"]["mean"] > 0.9  # maps made from the labels
+    assert len(summary["models"]) == 2

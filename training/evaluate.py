@@ -34,6 +34,7 @@ import numpy as np
 from ProstateKDLib.datasets import CaseRecord, index_cases, read_case
 from ProstateKDLib.errors import DataError, OutputError
 from ProstateKDLib.metrics import METRICS, segmentation_metrics
+from .map_segmenter import MapSegmenter
 
 COLUMNS = ("model", "case", "site", *METRICS, "seconds", "note")
 SUMMARY_METRICS = (*METRICS, "seconds")
@@ -200,6 +201,17 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _segmenter(model: str | os.PathLike | None, device: str, num_threads: int | None) -> Any:
+    """A :class:`~ProstateKDLib.inference.Segmenter`, or a :class:`MapSegmenter` for an external-teacher folder."""
+    from ProstateKDLib.inference import Segmenter
+
+    from .external_teacher import is_external_teacher, read_external_teacher
+
+    if model is not None and is_external_teacher(model):
+        return MapSegmenter(read_external_teacher(model))
+    return Segmenter(model, device=device, num_threads=num_threads)
+
+
 def evaluate(
     models: Sequence[str | os.PathLike | None],
     cases: Sequence[CaseRecord],
@@ -214,7 +226,8 @@ def evaluate(
     """Segment ``cases`` with each model, compare with the labels, write the results to ``out``.
 
     Args:
-        models: bundle names or paths (``None``: the bundled default student).
+        models: bundle names or paths (``None``: the bundled default student), or external-teacher
+            folders (their cached maps, thresholded: :class:`~training.map_segmenter.MapSegmenter`).
         cases: labelled cases (for example from :func:`select_cases`).
         out: output folder, new or empty (or ``overwrite``).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
@@ -235,15 +248,14 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from ProstateKDLib.image_io import write_mask
-    from ProstateKDLib.inference import Segmenter
 
     if not models:
         raise ValueError("give at least one model")
     if not cases:
         raise DataError("no cases to evaluate")
     folder = check_output_dir(out, overwrite)
-    segmenters = [Segmenter(model, device=device, num_threads=num_threads) for model in models]
-    metas = [s.bundle.meta for s in segmenters]
+    segmenters = [_segmenter(model, device, num_threads) for model in models]
+    metas = [s.meta if isinstance(s, MapSegmenter) else s.bundle.meta for s in segmenters]
     names = model_labels([m.name for m in metas], [m.version for m in metas])
     rows: list[dict[str, Any]] = []
     bar = tqdm(cases, desc="evaluate", unit="case", file=sys.stderr, disable=not progress)
@@ -251,7 +263,10 @@ def evaluate(
         image, label = read_case(case)
         for name, segmenter in zip(names, segmenters):
             start = time.perf_counter()
-            result = segmenter.segment(image)
+            if isinstance(segmenter, MapSegmenter):  # an external teacher: its cached map of this case
+                result = segmenter.segment_case(case.case_id, image)
+            else:
+                result = segmenter.segment(image)
             seconds = time.perf_counter() - start
             metrics = segmentation_metrics(result.mask, label)
             note = "; ".join([metrics.note, *result.warnings] if metrics.note else result.warnings)
@@ -270,7 +285,8 @@ def evaluate(
         writer.writerows({k: _format(v) for k, v in row.items()} for row in rows)
     per_model = summarize(rows, names)
     for name, segmenter, meta in zip(names, segmenters, metas):
-        per_model[name] = {"bundle": str(segmenter.bundle.path), "name": meta.name, "version": meta.version,
+        path = segmenter.path if isinstance(segmenter, MapSegmenter) else segmenter.bundle.path
+        per_model[name] = {"bundle": str(path), "name": meta.name, "version": meta.version,
                            **per_model[name]}
     summary = {
         "format": "prostatekd-evaluation",
