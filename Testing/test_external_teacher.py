@@ -317,5 +317,5 @@ def test_evaluate_scores_an_external_teacher_from_its_maps(cached_setup, tiny_bu
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     maps = summary["models"]["label-copy"]
-    assert maps["bundle"] == str(cached_setup / "teacher") and maps["dice"]["mean"] > 0.9  # maps made from the labels
+    assert maps["bundle"] == str(cached_setup / "teacher") and maps["overall"]["dice"]["mean"] > 0.9  # maps made from the labels
     assert len(summary["models"]) == 2
