@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 SCALE = 255  # stored value = round(probability * SCALE)
+PAD_SHIFT = 20.0  # logits are inverted shifted by this much: outside TAPS's crop the probability is about 0
 
 
 def images_of(root: Path) -> list[tuple[str, Path]]:
@@ -45,12 +46,28 @@ def images_of(root: Path) -> list[tuple[str, Path]]:
     return out
 
 
+def invert(data: dict, preprocess, values):  # noqa: ANN001
+    """``values`` (on TAPS's cropped grid) mapped back to the image grid by TAPS's own ``Invertd``."""
+    from monai.transforms import Invertd
+
+    data = dict(data)
+    data["pred"] = values
+    return Invertd(keys="pred", transform=preprocess, orig_keys="image", meta_keys="pred_meta_dict",
+                   orig_meta_keys="image_meta_dict", nearest_interp=False, to_tensor=True)(data)["pred"]
+
+
 def probabilities(image_path: Path, model, device: str):  # noqa: ANN001
-    """TAPS's sigmoid probabilities on the image's grid and the image's affine (numpy)."""
+    """TAPS's sigmoid probabilities on the image's grid and the image's affine (numpy).
+
+    TAPS crops to the bright part of the image (``CropForegroundd``); inverting the crop pads
+    the logits with 0, i.e. probability 0.5, which TAPS's 0.55 threshold hides but a soft
+    teacher must not say. The logits are therefore inverted shifted by ``PAD_SHIFT`` and
+    shifted back: outside the crop the probability is sigmoid(-PAD_SHIFT), about 0, inside it is
+    exactly TAPS's (inversion is linear).
+    """
     import numpy as np
     import torch
     from monai.inferers import sliding_window_inference
-    from monai.transforms import Invertd
 
     import taps.inference as ti
 
@@ -60,11 +77,32 @@ def probabilities(image_path: Path, model, device: str):  # noqa: ANN001
     with torch.inference_mode():
         logits = sliding_window_inference(image, roi_size=ti.ROI_SIZE, sw_batch_size=1, predictor=model,
                                           overlap=0.5, mode="gaussian")
-    data["pred"] = ti.gaussian_blur_logits(logits, sigma=ti.DEFAULT_SIGMA)[0]
-    inverted = Invertd(keys="pred", transform=preprocess, orig_keys="image", meta_keys="pred_meta_dict",
-                       orig_meta_keys="image_meta_dict", nearest_interp=False, to_tensor=True)(data)
-    prob = torch.sigmoid(inverted["pred"][0]).cpu().numpy()
-    return np.asarray(prob, dtype=np.float32), np.asarray(inverted["pred"].meta["affine"], dtype=np.float64)
+    blurred = ti.gaussian_blur_logits(logits, sigma=ti.DEFAULT_SIGMA)[0]
+    inverted = invert(data, preprocess, blurred + PAD_SHIFT)
+    prob = torch.sigmoid(inverted[0] - PAD_SHIFT).cpu().numpy()
+    return np.asarray(prob, dtype=np.float32), np.asarray(inverted.meta["affine"], dtype=np.float64)
+
+
+def repair(image_path: Path, target: Path) -> None:
+    """Rewrite a map made before ``PAD_SHIFT`` existed (0.5 outside TAPS's crop) as :func:`probabilities` would.
+
+    With ``w`` the inverted all-ones image (1 inside the crop, 0 outside): shifted inversion
+    gives ``logit + PAD_SHIFT * (w - 1)``, computed here from the stored map without the network.
+    """
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    import taps.inference as ti
+
+    preprocess = ti.build_preprocessing()
+    data = preprocess({"image": str(image_path)})
+    w = invert(data, preprocess, torch.ones_like(data["image"]))[0].cpu().numpy()
+    stored = nib.load(target)
+    p = np.clip(np.asarray(stored.dataobj, dtype=np.float32) / SCALE, 0.5 / SCALE, 1 - 0.5 / SCALE)
+    logit = np.log(p) - np.log1p(-p) + PAD_SHIFT * (np.clip(w, 0.0, 1.0) - 1.0)
+    fixed = np.where(w >= 1.0 - 1e-6, np.asarray(stored.dataobj, dtype=np.float32) / SCALE, 1 / (1 + np.exp(-logit)))
+    write_map(fixed, stored.affine, target)
 
 
 def write_map(prob, affine, target: Path) -> None:  # noqa: ANN001
@@ -104,7 +142,8 @@ def describe(roots: list[Path]) -> dict:
         "scale": SCALE,
         "threshold": ti.DEFAULT_PROBABILITY_THRESHOLD,
         "made_by": "benchmarks/peer/taps_probabilities.py (TAPS preprocessing, sliding window overlap 0.5, "
-                   f"logit blur sigma {ti.DEFAULT_SIGMA}, Invertd to the image grid)",
+                   f"logit blur sigma {ti.DEFAULT_SIGMA}, Invertd to the image grid; outside TAPS's foreground crop "
+                   "the probability is about 0, not the 0.5 of zero-padded logits)",
         "sources": [str(r) for r in roots],
         "layout": "<SITE>/<Case>.nii.gz, the case id of the index",
     }
@@ -117,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="external teacher folder to write")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (a smoke run)")
+    parser.add_argument("--repair", action="store_true",
+                        help="rewrite existing maps made before the crop-padding fix (no network; see repair())")
     args = parser.parse_args(argv)
     import torch
 
@@ -133,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     times = args.out / "times.csv"
     if not times.exists():
         times.write_text("case_id,seconds,foreground_ml\n")
+    if args.repair:
+        for number, (case_id, path) in enumerate(cases, 1):
+            target = args.out / f"{case_id}.nii.gz"
+            if target.exists():
+                repair(path, target)
+                print(f"[{number}/{len(cases)}] {case_id}: repaired", flush=True)
+        return 0
     model = ti.ONNXPredictor(ti.resolve_checkpoint(None), device="cpu")
     for number, (case_id, path) in enumerate(cases, 1):
         target = args.out / f"{case_id}.nii.gz"
