@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="external teacher folder to write")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (a smoke run)")
+    parser.add_argument("--reverse", action="store_true",
+                        help="work from the last image backwards (a second process on the same folder)")
     parser.add_argument("--repair", action="store_true",
                         help="rewrite existing maps made before the crop-padding fix (no network; see repair())")
     args = parser.parse_args(argv)
@@ -169,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no images <SITE>/<Case>.nii.gz under {', '.join(map(str, args.root))}", file=sys.stderr)
         return 3
     cases = cases[: args.limit] if args.limit else cases
+    cases = cases[::-1] if args.reverse else cases
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "teacher.json").write_text(json.dumps(describe(args.root), indent=2) + "\n")
     times = args.out / "times.csv"
