@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import PATCH, batch, unet
+from ProstateKDLib.errors import DataError
 from training.distillers import TrainingContext, build_distiller
 from training.distillers.multi_teacher_adaptive import held_out_teacher_weights
 
@@ -84,6 +85,6 @@ def test_held_out_reliability_needs_prepare_and_validation_cases():
     fair = adaptive([Shifted(), Shifted()], "held_out", image).train()
     with pytest.raises(RuntimeError, match="reliability 'held_out' is measured in prepare"):
         fair.forward_train(image, label)
-    with pytest.raises(ValueError, match="needs validation cases"):
+    with pytest.raises(DataError, match="needs validation cases, and this run has none"):
         fair.prepare(TrainingContext(val_volumes=[], patch_size=PATCH, batch_size=2, epochs=1,
                                      device=torch.device("cpu")))

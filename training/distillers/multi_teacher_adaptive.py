@@ -189,7 +189,11 @@ class MultiTeacherAdaptive(FeatureKD):
             raise ValueError("reliability 'held_out' runs the teachers on the validation cases: it needs network "
                              "teachers (set distiller.reliability: dice)")
         if not context.val_volumes:
-            raise ValueError("reliability 'held_out' needs validation cases (data.val_fraction > 0 or an index fold)")
+            from ProstateKDLib.errors import DataError
+
+            raise DataError("distiller 'multi_teacher_adaptive': reliability 'held_out' needs validation cases, and "
+                            "this run has none (data.val_fraction > 0, an index fold with validation cases of the "
+                            "kept sites, or reliability 'dice')")
         self.site_dice = held_out_site_dice(list(self.teachers), context.val_volumes, context.val_sites,
                                             context.patch_size, context.device)
         self.sample_sites = tuple(context.train_sites)

@@ -1,0 +1,327 @@
+"""The paper's two procedures on real multi-site data: teachers, students over seeds, LOCO, one report.
+
+    .venv/bin/python training/recipes/compare_real.py --out runs/compare_real \
+        --methods none,logit_kd,seed_kd,multi_teacher_mean,multi_teacher_adaptive,taps_kd --seeds 3 --loco
+        # the full comparison: many CPU hours (use a GPU: --device cuda); every stage resumes (--resume)
+    .venv/bin/python training/recipes/compare_real.py --out runs/cr --methods none,taps_kd --seeds 1 --epochs 2
+        # a quick look
+
+Stages (each a folder under ``--out``; ``--resume`` keeps finished ones):
+
+1. ``teacher_strong/``: one strong teacher on the index fold's training cases
+   (``--teacher-config``, ``train-teacher --subsets all``); ``teachers_site/``: limit-trained
+   teachers, one per (inferred) centre, each on that centre's training cases (``--site-config``).
+   Only the teachers a chosen method needs are trained.
+2. ``students/<method>@seed<k>/``: the same student (``--student-config``) and epoch budget for
+   every method: ``none``; ``logit_kd`` and ``seed_kd`` (procedure 1) from the strong teacher;
+   ``multi_teacher_mean`` and ``multi_teacher_adaptive`` (procedure 2) from the per-centre
+   teachers; ``taps_kd`` (``logit_kd`` from the cached TAPS maps, ``--taps``, with the unlabelled
+   images of ``--unlabelled``). Best epoch on the fold's validation cases, never the test split.
+3. ``loco/<centre>/<method>@seed<k>/`` (``--loco``): leave one centre out for ``none`` and the
+   multi-teacher students: trained on the other centres' training cases with the teachers of
+   those centres only (validation: those centres' validation cases), exported at the *last*
+   epoch (nothing is selected on the left-out centre), evaluated on every case of the left-out
+   centre (development and test).
+4. ``eval/``, ``report.md``/``report.json``, ``dice_per_centre.png``, ``dice_vs_latency.png``:
+   every model and TAPS (from its cache) on the index's test split through ``prostatekd
+   evaluate``: Dice per centre, HD95/ASD/volume error (estimated spacing: a caveat), parameters,
+   CPU seconds per volume (in-process, this run); students as mean ± SD over seeds with the paired
+   per-case difference to ``none`` and its bootstrap interval (``seed_statistics``); the LOCO table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+ROOT = Path(__file__).resolve().parents[2]
+#: method -> (distiller, teachers: "strong" | "site" | "taps" | None, extra distiller settings)
+METHODS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
+    "none": ("none", None, {"weights": {"dice": 1.0, "ce": 1.0}}),
+    "logit_kd": ("logit_kd", "strong", {"weights": {"dice": 1.0, "ce": 1.0, "kl": 1.0}}),
+    "seed_kd": ("seed_kd", "strong", {"weights": {"dice": 1.0, "lovasz": 1.0, "kl": 1.0, "feature": 1.0}}),
+    "multi_teacher_mean": ("multi_teacher_mean", "site", {"weights": {"dice": 1.0, "lovasz": 1.0, "kl": 1.0, "feature": 1.0}}),
+    "multi_teacher_adaptive": ("multi_teacher_adaptive", "site",
+                               {"weights": {"dice": 1.0, "lovasz": 1.0, "kl": 1.0, "feature": 1.0},
+                                "reliability": "held_out"}),
+    "taps_kd": ("logit_kd", "taps", {"weights": {"dice": 1.0, "ce": 1.0, "kl": 1.0}}),
+}
+LOCO_METHODS = ("none", "multi_teacher_mean", "multi_teacher_adaptive")
+CONFIGS = ROOT / "training" / "configs"
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+def method_config(base: dict[str, Any], method: str, teachers: list[str], seed: int, overrides: dict[str, Any],
+                  unlabelled: str | None) -> dict[str, Any]:
+    """The student config of ``method`` with training seed ``seed``."""
+    distiller, source, extra = METHODS[method]
+    data = copy.deepcopy(base)
+    data["distiller"] = {"name": distiller, **copy.deepcopy(extra)}
+    data["train"]["seed"] = seed
+    data["train"].update(overrides.get("train", {}))
+    data["data"].update(overrides.get("data", {}))
+    if source == "taps" and unlabelled:
+        data["data"]["unlabelled"] = unlabelled
+    else:
+        data["data"].pop("unlabelled", None)
+    if teachers:
+        data["teachers"] = list(teachers)
+    else:
+        data.pop("teachers", None)
+    data["export"] = {**data.get("export", {}), "name": f"real-{method.replace('_', '-')}", "version": f"0.0.{seed}",
+                      "description": f"compare_real student: {method}, seed {seed}"}
+    return data
+
+
+def train_and_export(folder: Path, config: dict[str, Any], checkpoint: str, timings: dict[str, float],
+                     key: str, progress: bool) -> Path:
+    """Train ``config`` into ``folder`` (resuming a stopped run), export ``folder/bundle``; the bundle path."""
+    from training.config import config_from_dict
+    from training.export import export_run
+    from training.train import train
+
+    bundle = folder / "bundle"
+    if (bundle / "model.json").is_file():
+        return bundle
+    print(f"== {key}", flush=True)
+    start = time.perf_counter()
+    train(config_from_dict(config, f"{key}.yaml"), folder, resume=(folder / "checkpoint_last.pt").is_file(),
+          progress=progress)
+    export_run(folder, bundle, checkpoint=checkpoint, overwrite=True)
+    timings[key] = time.perf_counter() - start
+    return bundle
+
+
+def teachers_of(out: Path, kind: str, config: dict[str, Any], subsets: str, timings: dict[str, float],
+                progress: bool) -> Path:
+    """Train (or keep) a ``train-teacher`` folder; returns it."""
+    from training.config import config_from_dict
+    from training.train_teacher import train_teachers
+
+    folder = out / kind
+    if not (folder / "teachers.json").is_file():
+        print(f"== {kind} ({subsets})", flush=True)
+        start = time.perf_counter()
+        train_teachers(config_from_dict(config, f"{kind}.yaml"), folder, subsets=subsets,
+                       resume=folder.exists(), progress=progress)
+        timings[kind] = time.perf_counter() - start
+    return folder
+
+
+def site_bundles(folder: Path, keep: list[str] | None = None) -> list[str]:
+    """Bundles of a per-site ``train-teacher`` folder (only the sites in ``keep``)."""
+    listing = json.loads((folder / "teachers.json").read_text(encoding="utf-8"))
+    return [str(folder / t["bundle"]) for t in listing["teachers"] if keep is None or t["name"] in keep]
+
+
+def read_rows(eval_dir: Path) -> list[dict[str, Any]]:
+    with open(eval_dir / "per_case.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def plot(out: Path, summary: dict[str, Any], sites: list[str], latency: dict[str, float]) -> None:
+    """``dice_per_centre.png`` (one group per centre + all) and ``dice_vs_latency.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(summary["models"])
+    groups = [*sites, "all"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * max(1, len(names)) / 3), 4))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        entry = summary["models"][name]
+        values = [entry["sites"].get(s, {}).get("dice", {}).get("mean") for s in sites]
+        values.append(entry["overall"]["dice"]["mean"])
+        ax.bar(np.arange(len(groups)) + i * width, [np.nan if v is None else v for v in values], width, label=name)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(names) - 1) / 2, groups)
+    ax.set_ylabel("mean Dice (test split)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Dice per inferred centre, PROMISE12 test split")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out / "dice_per_centre.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in names:
+        if name in latency:
+            ax.scatter(latency[name], summary["models"][name]["overall"]["dice"]["mean"], label=name)
+    ax.set_xlabel("CPU seconds per volume (in-process, this run)")
+    ax.set_ylabel("mean Dice (test split)")
+    ax.set_title("Dice vs CPU latency")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "dice_vs_latency.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the recipe; prints the report."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder (created; --resume to continue one)")
+    parser.add_argument("--index", default=str(ROOT / "training/indexes/promise12.json"))
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--methods", default="none,taps_kd", help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per student method (default 3)")
+    parser.add_argument("--loco", action="store_true", help="also leave one centre out (none + multi-teacher)")
+    parser.add_argument("--loco-seeds", type=int, default=None, help="seeds of the LOCO students (default: --seeds)")
+    parser.add_argument("--student-config", default=str(CONFIGS / "student_real.yaml"))
+    parser.add_argument("--teacher-config", default=str(CONFIGS / "teacher_site_real.yaml"),
+                        help="the strong teacher's config (default: the per-centre one, on all cases)")
+    parser.add_argument("--site-config", default=str(CONFIGS / "teacher_site_real.yaml"))
+    parser.add_argument("--taps", default=str(ROOT / "training/teacher_caches/taps_promise12"))
+    parser.add_argument("--unlabelled", default=str(ROOT.parent / "shared/data/promise12_unlabelled"))
+    parser.add_argument("--epochs", type=int, default=None, help="override every student's train.epochs")
+    parser.add_argument("--teacher-epochs", type=int, default=None, help="override every teacher's train.epochs")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods or args.seeds < 1:
+        parser.error(f"--methods: unknown {', '.join(unknown) or '(none given)'} (choose from {', '.join(METHODS)}) "
+                     "or --seeds < 1" if unknown or not methods else "--seeds must be at least 1")
+
+    from ProstateKDLib.errors import OutputError
+    from training.evaluate import evaluate, select_cases
+    from training.recipes.seed_statistics import seed_table_markdown, summarise_seeds
+
+    out = Path(args.out).expanduser().absolute()
+    if out.is_dir() and any(out.iterdir()) and not args.resume:
+        raise OutputError(f"{out} is not empty; use --resume to continue it, or choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    timings_path = out / "timings.json"
+    timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    progress = not args.quiet
+    common = {"data": {"index": str(Path(args.index).absolute()), "fold": args.fold},
+              "train": {"num_threads": args.threads, "device": args.device}}
+    student = load_yaml(Path(args.student_config))
+    student["data"] = {**{k: v for k, v in student["data"].items() if k not in ("root",)}, **common["data"]}
+    student["train"].update(common["train"], **({"epochs": args.epochs} if args.epochs else {}))
+
+    def teacher_base(path: str) -> dict[str, Any]:
+        data = load_yaml(Path(path))
+        data["data"] = {**{k: v for k, v in data["data"].items() if k != "root"}, **common["data"]}
+        data["train"].update(common["train"], **({"epochs": args.teacher_epochs} if args.teacher_epochs else {}))
+        return data
+
+    sources = {METHODS[m][1] for m in methods} | ({"site"} if args.loco else set())
+    teacher_dirs: dict[str, list[str]] = {}
+    if "strong" in sources:
+        folder = teachers_of(out, "teacher_strong", teacher_base(args.teacher_config), "all", timings, progress)
+        teacher_dirs["strong"] = site_bundles(folder)
+    if "site" in sources:
+        site_folder = teachers_of(out, "teachers_site", teacher_base(args.site_config), "per-site", timings, progress)
+        teacher_dirs["site"] = site_bundles(site_folder)
+    if "taps" in sources:
+        teacher_dirs["taps"] = [args.taps]
+    timings_path.write_text(json.dumps(timings, indent=1))
+
+    models: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        for seed in range(args.seeds):
+            key = f"{method}@seed{seed}"
+            config = method_config(student, method, teacher_dirs.get(METHODS[method][1] or "", []), seed, {},
+                                   args.unlabelled)
+            bundle = train_and_export(out / "students" / key, config, "best", timings, key, progress)
+            models[key] = {"bundle": str(bundle), "method": method, "seed": seed}
+            timings_path.write_text(json.dumps(timings, indent=1))
+    for kind in ("strong", "site"):
+        for path in teacher_dirs.get(kind, []):
+            models[f"teacher_{kind}_{Path(path).parent.name}"] = {"bundle": path, "method": f"teacher ({kind})"}
+
+    print("== evaluation on the test split", flush=True)
+    cases = select_cases(index=args.index, split="test")
+    entries = [m["bundle"] for m in models.values()] + ([args.taps] if Path(args.taps, "teacher.json").is_file() else [])
+    summary = evaluate(entries, cases, out / "eval", device="cpu", progress=False, overwrite=True,
+                       num_threads=args.threads, source={"recipe": "compare_real", "index": args.index, "split": "test"})
+    by_bundle = {str(Path(v["bundle"]).resolve()): name for name, v in summary["models"].items()}
+    display = {key: by_bundle[str(Path(m["bundle"]).resolve())] for key, m in models.items()}
+    rows = read_rows(out / "eval")
+    back = {v: k for k, v in display.items()}
+    seed_rows = [{"method": models[back[r["model"]]]["method"], "seed": models[back[r["model"]]]["seed"],
+                  "case": r["case"], "dice": float(r["dice"])} for r in rows
+                 if r["model"] in back and "seed" in models[back[r["model"]]]]
+    baseline = "none" if "none" in methods else methods[0]
+    seeds = summarise_seeds(seed_rows, baseline)
+    sites = summary["sites"]
+    latency = {name: entry["mean_seconds"] for name, entry in summary["models"].items()
+               if not Path(entry["bundle"], "teacher.json").is_file()}
+    lines = ["| model | " + " | ".join(sites) + " | all | HD95 mm* | vol. err. %* | CPU s/vol |",
+             "|---|" + "---|" * (len(sites) + 4)]
+    for name, entry in summary["models"].items():
+        cells = [f"{entry['sites'].get(s, {}).get('dice', {}).get('mean', float('nan')):.3f}" for s in sites]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {entry['overall']['dice']['mean']:.3f} | "
+                     f"{entry['overall']['hd95_mm']['mean']:.1f} | {entry['overall']['volume_error_pct']['mean']:.1f} | "
+                     + (f"{latency[name]:.2f}" if name in latency else "cached") + " |")
+    text = (f"# compare_real: PROMISE12 test split ({len(cases)} cases, {len(sites)} inferred centres), "
+            f"fold {args.fold} of {Path(args.index).name}\n\n" + "\n".join(lines) + "\n\n## Students over seeds\n\n"
+            + seed_table_markdown(seeds, baseline)
+            + "\n\\* mm and ml use the estimated PROMISE12 spacing; Dice does not. A method is called better only "
+              "when its interval excludes 0.\n")
+
+    loco: dict[str, Any] = {}
+    if args.loco:
+        everything = select_cases(index=args.index, split="all")
+        for centre in sorted({c.site for c in everything}):
+            others = sorted({c.site for c in everything} - {centre})
+            held = [c for c in everything if c.site == centre]
+            loco[centre] = {}
+            for method in LOCO_METHODS:
+                teachers = site_bundles(out / "teachers_site", others) if METHODS[method][1] == "site" else []
+                for seed in range(args.loco_seeds or args.seeds):
+                    key = f"loco_{centre}_{method}@seed{seed}"
+                    config = method_config(student, method, teachers, seed, {"data": {"sites": others}}, None)
+                    bundle = train_and_export(out / "loco" / centre / f"{method}@seed{seed}", config, "last",
+                                              timings, key, progress)
+                    result = evaluate([str(bundle)], held, out / "loco" / centre / f"eval_{method}@seed{seed}",
+                                      device="cpu", progress=False, overwrite=True, num_threads=args.threads)
+                    loco[centre].setdefault(method, []).append(next(iter(result["models"].values()))["overall"]["dice"]["mean"])
+                    timings_path.write_text(json.dumps(timings, indent=1))
+        head = "| left-out centre (cases) | " + " | ".join(LOCO_METHODS) + " |"
+        rows_l = [head, "|---|" + "---|" * len(LOCO_METHODS)]
+        for centre, per in loco.items():
+            n = sum(c.site == centre for c in select_cases(index=args.index, split="all"))
+            import numpy as np
+
+            cells = [f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}" for v in per.values()]
+            rows_l.append(f"| {centre} ({n}) | " + " | ".join(cells) + " |")
+        text += ("\n## Leave one centre out (students trained on the other centres, last epoch, evaluated on every "
+                 "case of the left-out centre; mean over seeds)\n\n" + "\n".join(rows_l) + "\n")
+    plot(out, summary, sites, latency)
+    (out / "report.md").write_text(text, encoding="utf-8")
+    (out / "report.json").write_text(json.dumps({"models": models, "display": display, "seeds": seeds, "loco": loco,
+                                                 "timings_s": timings, "recipe_s": time.perf_counter() - started,
+                                                 "summary": "eval/summary.json"}, indent=1, default=str) + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    from ProstateKDLib.errors import ProstateKDError
+
+    try:
+        sys.exit(main())
+    except ProstateKDError as exc:
+        print(f"compare_real: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
