@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"# Real test split: {len(cases)} PROMISE12 cases, {len(sites)} inferred centres "
             f"({', '.join(c.case_id for c in cases)})\n\n" + table(summary, params, sites)
             + "\n\\* mm and ml figures use the estimated PROMISE12 voxel spacing (see ../shared/data/README.md); "
-              "Dice does not depend on it. CPU s/vol: in-process Segmenter time, 2 threads, this run. "
+              "Dice does not depend on it. CPU s/vol: in-process Segmenter time, "
+              f"{args.threads} thread{'s' if args.threads != 1 else ''}, this run. "
               "The peer is scored from its cached probabilities (threshold from its teacher.json), without its own "
               "post-processing.\n")
     default = args.default or next(iter(summary["models"]))
