@@ -37,7 +37,7 @@ def test_compare_real_trains_evaluates_and_leaves_one_centre_out(tmp_path, capsy
                  "--seeds", "2", "--loco", "--loco-seeds", "1", "--student-config", str(student), "--site-config", str(teacher),
                  "--taps", str(tmp_path / "no-taps"), "--threads", "1", "--quiet"])
     assert code == 0
-    text = (out / "report.md").read_text()
+    text = (out / "report.md").read_text(encoding="utf-8")
     assert "## Students over seeds" in text and "| multi_teacher_adaptive | 2 |" in text
     assert "## Leave one centre out" in text and "| HK (4) |" in text
     report = json.loads((out / "report.json").read_text())

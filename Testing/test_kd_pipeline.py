@@ -368,7 +368,7 @@ def test_compare_recipe_tiny(tmp_path, capsys):
     assert (out / "ctkd_temperature.png").stat().st_size > 0
     for name in ("results.md", "results.csv", "dice_per_method.png", "dice_vs_latency.png"):
         assert (out / name).stat().st_size > 0
-    assert "measured on synthetic phantoms" in (out / "results.md").read_text()
+    assert "measured on synthetic phantoms" in (out / "results.md").read_text(encoding="utf-8")
     budgets = {json.loads((out / "students" / m / "run.json").read_text())["parameters"] for m in METHODS}
     assert len(budgets) == 1
     epochs = {len(list(csv.DictReader(open(out / "students" / m / "log.csv")))) for m in METHODS}
@@ -389,7 +389,7 @@ def test_compare_recipe_methods_subset(tmp_path):
     assert all(m["seeds"] == 2 for m in seeds["methods"])
     diff = seeds["methods"][1]["diff"]
     assert diff["n"] == 2 and diff["low"] <= diff["mean"] <= diff["high"]
-    assert "## Students over seeds" in (out / "results.md").read_text()
+    assert "## Students over seeds" in (out / "results.md").read_text(encoding="utf-8")
     assert json.loads((out / "students" / "logit_kd@seed1" / "run.json").read_text())["seeds"]["train"] == 1
     assert not (out / "teachers_site").exists() and not (out / "students" / "seed_kd").exists()
     provenance = json.loads((out / "students" / "logit_kd" / "bundle" / "model.json").read_text())["provenance"]
