@@ -29,24 +29,11 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .errors import (
-    BundleError,
-    CancelledError,
-    ConfigError,
-    DataError,
-    DeviceError,
-    InputError,
-    OutputError,
-    ProstateKDError,
-)
+from .errors import CancelledError, error_for_exit_code
 
 Launcher = Callable[[list[str], str], "subprocess.Popen[str]"]
 PROGRESS_PREFIX = "progress "
 ERROR_MARKER = "prostatekd segment: error: "
-_ERRORS_BY_EXIT_CODE = {
-    cls.exit_code: cls
-    for cls in (InputError, OutputError, BundleError, DeviceError, ConfigError, DataError, CancelledError)
-}
 
 
 def library_parent() -> Path:
@@ -278,11 +265,10 @@ class BackgroundSegmentation:
         self.poll()
         code = self.process.returncode
         if code != 0 or self.summary is None:
-            error_class = _ERRORS_BY_EXIT_CODE.get(code, ProstateKDError)
             detail = self.error or _last_lines(self.log) or "no output"
             if self.error is None:
                 detail = f"segmentation process failed (exit code {code}): {detail}"
-            raise error_class(detail)
+            raise error_for_exit_code(code, detail)
         summary = self.summary
         mask = sitk.ReadImage(str(self.output_path))
         return SegmentationResult(

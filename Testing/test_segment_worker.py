@@ -70,3 +70,57 @@ def test_bad_model_is_reported():
     with pytest.raises(ProstateKDError, match="model 'no-such-model' not found") as error:
         worker.segment(str(SAMPLE), "/tmp/never-written.nii.gz")
     assert error.value.exit_code == 5 and not worker.running
+
+
+def test_worker_ends_when_its_parent_is_killed(tmp_path):
+    """Slicer killed (no chance to close the pipe politely): the worker notices and exits."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from ProstateKDLib.segment_worker import WarmWorker\n"
+        "worker = WarmWorker(device='cpu', threads=1)\n"
+        f"worker.segment({str(SAMPLE)!r}, {str(tmp_path / 'a.nii.gz')!r})\n"
+        "print(worker.process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=str(ROOT), stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        assert alive(pid) and (tmp_path / "a.nii.gz").is_file()
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        try:  # reap it if it became our zombie (it is the killed parent's child, re-parented to init)
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    assert not alive(pid), "the worker outlived its parent"
+
+
+def test_parent_watch_ends_the_process_even_with_its_stdin_open():
+    """``--parent-pid``: a launcher between Slicer and the worker may keep the pipe open; the pid decides."""
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom ProstateKDLib.segment_worker import watch_parent\n"
+         f"watch_parent({parent.pid}, interval=0.1)\ntime.sleep(600)\n"],
+        cwd=str(ROOT), stdin=subprocess.PIPE)
+    try:
+        time.sleep(1.0)
+        assert watcher.poll() is None  # the parent lives: it waits
+        parent.kill()
+        parent.wait(timeout=10)
+        watcher.wait(timeout=10)  # ended by itself (SIGTERM to itself)
+    finally:
+        for process in (parent, watcher):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
