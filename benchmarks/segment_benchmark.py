@@ -49,6 +49,10 @@ PROSTATEX_T2 = ROOT.parent / "shared" / "data" / "dicom" / "ProstateX-0001" / "0
 PEER_PYTHON = ROOT / "benchmarks" / ".venv-peer" / "bin" / "python"
 YARDSTICK = "import torch"
 TAPS = "TAPS (taps segment)"
+HEADLINE = "student (onnx)"
+#: issue 17's targets for the default student (2 CPU cores): whole command / yardstick, peak RSS MB,
+#: in-process seconds (warm total), TAPS whole command / student whole command.
+TARGETS = {"x_yardstick_max": 0.8, "peak_rss_mb_max": 300.0, "in_process_s_max": 0.6, "taps_over_student_min": 40.0}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -187,16 +191,42 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for label, entry in whole.items():
             entry["taps_over_this"] = taps["median_s"] / entry["median_s"] if taps else None
         stages = {b: run_worker(args, b, item["path"], workdir) for b in (["auto"] if args.smoke else args.backends)}
-        results.append({**{k: v for k, v in item.items() if k != "path"}, "whole_command": whole, "in_process": stages})
+        results.append({**{k: v for k, v in item.items() if k != "path"}, "whole_command": whole, "in_process": stages,
+                        "targets": targets(whole, stages)})
+    import onnxruntime
+
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
         "load_average_at_end": list(os.getloadavg()),
         "threads": args.threads,
         "device": args.device,
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "gpu": args.gpu_note,
         "repeats": args.repeats,
         "command": " ".join(["python", "benchmarks/segment_benchmark.py", *sys.argv[1:]]),
         "inputs": results,
+    }
+
+
+def targets(whole: dict[str, Any], stages: dict[str, Any]) -> dict[str, Any] | None:
+    """The headline student's figures against :data:`TARGETS` (None when it was not timed)."""
+    student = whole.get(HEADLINE)
+    if student is None:
+        return None
+    in_process = stages.get("onnx", {}).get("warm_median_s", {}).get("total")
+    taps = student.get("taps_over_this")
+    return {
+        "x_yardstick": {"value": round(student["x_yardstick"], 3), "target": f"<= {TARGETS['x_yardstick_max']}",
+                        "met": student["x_yardstick"] <= TARGETS["x_yardstick_max"]},
+        "peak_rss_mb": {"value": round(student["peak_rss_mb"]), "target": f"<= {TARGETS['peak_rss_mb_max']:g}",
+                        "met": student["peak_rss_mb"] <= TARGETS["peak_rss_mb_max"]},
+        "in_process_s": {"value": None if in_process is None else round(in_process, 3),
+                         "target": f"<= {TARGETS['in_process_s_max']}",
+                         "met": None if in_process is None else in_process <= TARGETS["in_process_s_max"]},
+        "taps_over_student": {"value": None if taps is None else round(taps, 1),
+                              "target": f">= {TARGETS['taps_over_student_min']:g}",
+                              "met": None if taps is None else taps >= TARGETS["taps_over_student_min"]},
     }
 
 
@@ -205,7 +235,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"# prostatekd segment: whole command and stages ({result['date']})", "",
              f"{result['machine']}; {result['threads']} threads, device {result['device']}; medians of "
              f"{result['repeats']} runs, round-robin; load average at the end "
-             f"{', '.join(f'{x:.1f}' for x in result['load_average_at_end'])}. Command: `{result['command']}`", ""]
+             f"{', '.join(f'{x:.1f}' for x in result['load_average_at_end'])}. GPU: {result.get('gpu') or '-'} "
+             f"(onnxruntime providers: {', '.join(result.get('onnxruntime_providers', []))}). "
+             f"Command: `{result['command']}`", ""]
     for item in result["inputs"]:
         lines += [f"## {item['name']}: {'x'.join(map(str, item['size']))} at "
                   f"{'x'.join(f'{s:g}' for s in item['spacing_mm'])} mm ({item['kind']})", "",
@@ -222,6 +254,11 @@ def markdown(result: dict[str, Any]) -> str:
                          + " | ".join(f"{s['warm_median_s'][stage]:.3f}" for s in item["in_process"].values()) + " |")
         for key, label in (("import_s", "imports s"), ("model_load_s", "model load s"), ("peak_rss_mb", "peak RSS MB")):
             lines.append(f"| {label} | " + " | ".join(f"{s[key]:.2f}" for s in item["in_process"].values()) + " |")
+        if item.get("targets"):
+            lines += ["", f"| {HEADLINE} vs issue 17's targets | measured | target | met |", "|---|---|---|---|"]
+            for key, t in item["targets"].items():
+                met = "-" if t["met"] is None else ("yes" if t["met"] else "no")
+                lines.append(f"| {key} | {'-' if t['value'] is None else t['value']} | {t['target']} | {met} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -238,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="runs per command (medians), warm runs in process")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "segment_benchmark.json")
     parser.add_argument("--smoke", action="store_true", help="tiny volume, one repeat (for the test suite)")
+    parser.add_argument("--gpu-note", default="none", help="what GPU the machine has (recorded in the report)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
