@@ -15,18 +15,16 @@ Pure Python (no ``slicer``, ``qt`` or ``vtk``).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-from .background import ERROR_MARKER
+from .background import ERROR_MARKER, JobFolder, result_from_summary
 from .errors import CancelledError, ProstateKDError
 from .segment_worker import WarmWorker
 
 
-class WarmSegmentation:
+class WarmSegmentation(JobFolder):
     """One volume segmented by ``worker`` (started on :meth:`start`).
 
     Args:
@@ -53,29 +51,16 @@ class WarmSegmentation:
         self._lock = threading.Lock()
 
     @property
-    def input_path(self) -> Path:
-        assert self.folder is not None, "start() first"
-        return self.folder / "input.nrrd"
-
-    @property
-    def output_path(self) -> Path:
-        assert self.folder is not None, "start() first"
-        return self.folder / "mask.nrrd"
-
-    @property
     def process(self) -> Any:
         """The worker's process (None before the start or after a cancel)."""
         return self.worker.process
 
     def start(self) -> "WarmSegmentation":
         """Write the input, then send it to the worker from a thread; returns self."""
-        import SimpleITK as sitk
-
         if self._thread is not None:
             raise RuntimeError("this segmentation was already started")
-        self.folder = Path(tempfile.mkdtemp(prefix="ProstateKD-"))
         try:
-            sitk.WriteImage(self.image, str(self.input_path), useCompression=False)
+            self.write_input(self.image)
             self.warm = self.worker.ready is not None and self.worker.running
             self.worker.start()
         except BaseException:
@@ -139,10 +124,6 @@ class WarmSegmentation:
             CancelledError: :meth:`cancel` was called.
             ProstateKDError: the worker's one-line error (``exit_code`` as the command's).
         """
-        import SimpleITK as sitk
-
-        from .inference import SegmentationResult
-
         if self.cancelled:
             raise CancelledError("segmentation cancelled")
         if not self.finished:
@@ -151,23 +132,11 @@ class WarmSegmentation:
             if isinstance(self._failure, ProstateKDError):
                 raise self._failure
             raise ProstateKDError(f"segmentation failed: {self.error}") from self._failure
-        summary = self.summary or {}
-        mask = sitk.ReadImage(str(self.output_path))
-        return SegmentationResult(
-            mask=mask,
-            model=summary.get("model", ""),
-            device=summary.get("device", ""),
-            input_size=tuple(summary.get("input_size", mask.GetSize())),
-            input_spacing=tuple(summary.get("input_spacing_mm", mask.GetSpacing())),
-            volume_ml=float(summary.get("volume_ml", 0.0)),
-            warnings=list(summary.get("warnings", [])),
-            timings=dict(summary.get("timings_s", {})),
-        )
+        return result_from_summary(self.summary or {}, self.output_path)
 
     def cleanup(self) -> None:
         """Cancel the request if it still runs and remove the temporary folder (the worker stays)."""
         if self._thread is not None and self._thread.is_alive():
             self.cancel()
             self._thread.join(15)
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        self.remove_folder()

@@ -177,9 +177,12 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     for item in make_inputs(workdir, args):
         cmds = commands(args, item["path"], workdir)
         samples: dict[str, list[tuple[float, float]]] = {label: [] for label in cmds}
-        for _ in range(args.repeats):
+        for round_index in range(args.repeats):
             for label, command in cmds.items():
+                if label == TAPS and round_index >= (args.peer_repeats or args.repeats):
+                    continue  # TAPS takes a minute a run: its first rounds only, still interleaved
                 samples[label].append(time_command(command, args.threads))
+                print(f"{item['name']}: {label}: {samples[label][-1][0]:.2f} s", file=sys.stderr, flush=True)
         yard = statistics.median(s for s, _ in samples[f'python -c "{YARDSTICK}"'])
         whole = {}
         for label, values in samples.items():
@@ -204,6 +207,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "onnxruntime_providers": onnxruntime.get_available_providers(),
         "gpu": args.gpu_note,
         "repeats": args.repeats,
+        "peer_repeats": (args.peer_repeats or args.repeats) if args.peer else None,
         "command": " ".join(["python", "benchmarks/segment_benchmark.py", *sys.argv[1:]]),
         "inputs": results,
     }
@@ -234,7 +238,7 @@ def markdown(result: dict[str, Any]) -> str:
     """Tables: whole commands (headline), then the in-process stages."""
     lines = [f"# prostatekd segment: whole command and stages ({result['date']})", "",
              f"{result['machine']}; {result['threads']} threads, device {result['device']}; medians of "
-             f"{result['repeats']} runs, round-robin; load average at the end "
+             f"{result['repeats']} runs (TAPS: {result.get('peer_repeats') or '-'}), round-robin; load average at the end "
              f"{', '.join(f'{x:.1f}' for x in result['load_average_at_end'])}. GPU: {result.get('gpu') or '-'} "
              f"(onnxruntime providers: {', '.join(result.get('onnxruntime_providers', []))}). "
              f"Command: `{result['command']}`", ""]
@@ -269,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", default="prostatekd-teacher", help="teacher bundle ('' to skip)")
     parser.add_argument("--backends", nargs="+", default=["onnx", "torch"], help="student backends to time")
     parser.add_argument("--peer", action="store_true", help="also time TAPS (benchmarks/setup_peer.sh)")
+    parser.add_argument("--peer-repeats", type=int, default=None,
+                        help="TAPS runs per input (default: --repeats), in the first rounds of the round-robin")
     parser.add_argument("--sample-only", action="store_true", help="only the bundled sample")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
