@@ -174,8 +174,10 @@ def run_worker(args: argparse.Namespace, backend: str, input_path: Path, workdir
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Every input: whole commands round-robin, then the in-process stages per backend."""
     results = []
-    for item in make_inputs(workdir, args):
+    for input_index, item in enumerate(make_inputs(workdir, args)):
         cmds = commands(args, item["path"], workdir)
+        if args.peer_inputs is not None and input_index >= args.peer_inputs:
+            cmds.pop(TAPS, None)  # TAPS on the first inputs only (a minute or two a run)
         samples: dict[str, list[tuple[float, float]]] = {label: [] for label in cmds}
         for round_index in range(args.repeats):
             for label, command in cmds.items():
@@ -267,12 +269,45 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Whole-command medians per input (log scale), with the yardstick and the run-to-run range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    inputs = result["inputs"]
+    fig, axes = plt.subplots(1, len(inputs), figsize=(5.2 * len(inputs), 3.2), dpi=120, squeeze=False)
+    for ax, item in zip(axes[0], inputs):
+        labels = list(item["whole_command"])
+        medians = [item["whole_command"][k]["median_s"] for k in labels]
+        lows = [m - min(item["whole_command"][k]["runs_s"]) for k, m in zip(labels, medians)]
+        highs = [max(item["whole_command"][k]["runs_s"]) - m for k, m in zip(labels, medians)]
+        colours = ["0.6" if YARDSTICK in k else ("C3" if k == TAPS else "C0") for k in labels]
+        ax.barh(range(len(labels)), medians, xerr=[lows, highs], color=colours)
+        for y, (label, m) in enumerate(zip(labels, medians)):
+            rss = item["whole_command"][label]["peak_rss_mb"]
+            ax.text(max(item["whole_command"][label]["runs_s"]) * 1.12, y, f"{m:.2f} s, {rss:.0f} MB", va="center",
+                    fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlim(right=max(medians) * 8)
+        ax.set_xlabel("whole command, median s (log)", fontsize=8)
+        ax.set_title(f"{item['name']} ({'x'.join(map(str, item['size']))})", fontsize=8)
+    fig.suptitle(f"prostatekd segment vs peers, {result['threads']} threads, {result['machine']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="student bundle name or path (default: bundled student)")
     parser.add_argument("--teacher", default="prostatekd-teacher", help="teacher bundle ('' to skip)")
     parser.add_argument("--backends", nargs="+", default=["onnx", "torch"], help="student backends to time")
     parser.add_argument("--peer", action="store_true", help="also time TAPS (benchmarks/setup_peer.sh)")
+    parser.add_argument("--peer-inputs", type=int, default=None, help="time TAPS on the first N inputs only")
     parser.add_argument("--peer-repeats", type=int, default=None,
                         help="TAPS runs per input (default: --repeats), in the first rounds of the round-robin")
     parser.add_argument("--sample-only", action="store_true", help="only the bundled sample")
@@ -286,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--replot", type=Path, default=None, help="only redraw the PNG of this JSON")
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        plot(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
+        return 0
     if args.worker:
         worker(args)
         return 0
@@ -301,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(text + "\n")
+    if not args.smoke:
+        plot(result, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
 
