@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import qt
@@ -23,12 +24,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from ProstateKDLib.errors import CancelledError, DeviceError, InputError, ProstateKDError
-from ProstateKDLib.slicer_dependencies import (
-    MINIMUM_TORCH,
-    NEVER_INSTALL,
-    module_requirements,
-    requirement_satisfied,
-)
+from ProstateKDLib.slicer_dependencies import NEVER_INSTALL, module_requirements, requirement_satisfied
 from ProstateKDLib.slicer_logic import ProstateKDLogic, ProstateKDParameters, segment_terminology
 PAPER = ('Ben Loussaief et al. (2023), "Knowledge Distillation for Adaptive MRI Prostate Segmentation '
          'Based on Limit-Trained Multi-Teacher Models"')
@@ -63,14 +59,21 @@ class ProstateKD(ScriptedLoadableModule):
             f"{_model_licences()}</ul>Please cite {PAPER}."
         )
         self.parent.acknowledgementText = (
-            "Built on 3D Slicer, MONAI, PyTorch and SimpleITK. The method follows " + PAPER + "."
+            "Built on 3D Slicer, ONNX Runtime, SimpleITK, PyTorch and MONAI (training). The method follows "
+            + PAPER + "."
         )
 
 
 class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel: input, model, device, Apply/Cancel, Edit, Save as training case."""
+    """The module panel: input, model, device, Apply/Cancel, Edit, Save as training case.
 
-    POLL_MS = 200
+    Segmentations run in one warm background worker (model loaded once, see
+    :meth:`ProstateKDLib.slicer_logic.ProstateKDLogic.worker`): the first Apply pays its
+    start-up, later ones only the work. Cancel kills it at once (a fresh one starts);
+    it ends with the module (cleanup) and with Slicer.
+    """
+
+    POLL_MS = 50
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -85,6 +88,9 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.dependenciesReady = False
         self.deviceUsable = True
         self._updating = False
+        self.applyStarted = 0.0
+        #: seconds from each Apply click to its segment in the scene (first: worker start-up included)
+        self.applySeconds: list = []
 
     # ------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -118,7 +124,10 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameters()
 
     def cleanup(self) -> None:
+        """Module closed or reloaded, or Slicer quitting: stop the job and end the warm worker."""
         self.stopJob()
+        if self.logic is not None:
+            self.logic.close()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -230,7 +239,7 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.toolTip = text
 
     def populateDevices(self) -> None:
-        """auto and CPU always; CUDA devices and MPS once torch can be imported here."""
+        """auto and CPU always; CUDA when onnxruntime has its CUDA provider; MPS when torch has it."""
         combo = self.ui.deviceComboBox
         wasBlocked = combo.blockSignals(True)  # refilling must not reset the chosen device to "auto"
         try:
@@ -242,38 +251,58 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     @staticmethod
     def _addDevices(combo) -> None:
+        """onnxruntime runs the models (CPU, or CUDA with onnxruntime-gpu); PyTorch only names GPUs and MPS."""
         combo.clear()
         combo.addItem("auto (GPU if available, else CPU)", "auto")
         combo.addItem("CPU", "cpu")
-        if importlib.util.find_spec("torch") is None:
-            return
         try:
+            cuda = False
+            if importlib.util.find_spec("onnxruntime") is not None:
+                import onnxruntime
+
+                from ProstateKDLib.onnx_backend import CUDA_PROVIDER
+
+                cuda = CUDA_PROVIDER in onnxruntime.get_available_providers()
+            if importlib.util.find_spec("torch") is None:
+                if cuda:
+                    combo.addItem("CUDA 0 (onnxruntime)", "cuda:0")
+                return
             import torch
 
             from ProstateKDLib.device import available_devices
 
             for device in available_devices():
-                if device.startswith("cuda:"):
+                if device.startswith("cuda:") and cuda:
                     combo.addItem(f"CUDA {device[5:]}: {torch.cuda.get_device_name(int(device[5:]))}", device)
                 elif device == "mps":
-                    combo.addItem("Apple MPS", "mps")
+                    combo.addItem("Apple MPS (PyTorch)", "mps")
         except Exception as error:  # a broken CUDA install must not break the panel
             logging.warning(f"ProstateKD: cannot list GPUs: {error}")
 
     def updateDeviceInfo(self) -> None:
+        """Say why the chosen device cannot run (onnxruntime for cpu/cuda, PyTorch for mps)."""
         device = self.parameters.device if self.parameters else "auto"
         message = ""
-        if device not in ("auto", "cpu") and importlib.util.find_spec("torch") is not None:
+        if device not in ("auto", "cpu"):
             try:
-                from ProstateKDLib.device import resolve_device
+                if device.strip().lower() == "mps":
+                    if importlib.util.find_spec("torch") is None:
+                        raise DeviceError("device mps needs PyTorch (install the 'PyTorch' extension)")
+                    from ProstateKDLib.device import resolve_device
 
-                resolve_device(device)
+                    resolve_device(device)
+                elif importlib.util.find_spec("onnxruntime") is None:
+                    message = "onnxruntime is not installed yet: GPUs are listed after the first Apply."
+                else:
+                    import onnxruntime
+
+                    from ProstateKDLib.onnx_backend import choose_providers
+
+                    choose_providers(device, onnxruntime.get_available_providers())
             except DeviceError as error:
                 message = f"<span style='color:#b00'>{error}. Choose another device.</span>"
             except Exception as error:
                 message = f"<span style='color:#b00'>{device} cannot be used: {error}</span>"
-        elif device not in ("auto", "cpu"):
-            message = "PyTorch is not installed yet: GPUs are listed after the first Apply."
         self.ui.deviceInfoLabel.text = message
         self.deviceUsable = not message.startswith("<span")
 
@@ -294,17 +323,16 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------ dependencies
     def ensureDependencies(self) -> bool:
-        """Check torch (PyTorch extension), monai and the rest; offer to install what is missing."""
+        """Check onnxruntime (all that segmenting needs besides Slicer's own packages); offer to install it.
+
+        PyTorch and MONAI are not needed (the models run on onnxruntime) and never installed here.
+        """
         if self.dependenciesReady:
             return True
         if importlib.util.find_spec("SimpleITK") is None:
             slicer.util.errorDisplay("SimpleITK is missing from this Slicer; ProstateKD will not reinstall it.")
             return False
-        if not self._ensureTorch():
-            return False
-        import torch
-
-        requirements = module_requirements(torch.__version__)  # MONAI matched to this torch
+        requirements = module_requirements()
         missing = [r for r in requirements if not requirement_satisfied(r)]
         if missing:
             try:
@@ -313,11 +341,11 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     pipEnsure(missing, skip_packages=list(NEVER_INSTALL), requester="ProstateKD")
                 elif slicer.util.confirmOkCancelDisplay(
                     "ProstateKD needs these Python packages: " + ", ".join(missing)
-                    + ".\nInstall them now? (this can take a few minutes)", "ProstateKD"
+                    + ".\nInstall them now? (about 20 MB, less than a minute)", "ProstateKD"
                 ):
                     with slicer.util.WaitCursor():
-                        for requirement in missing:  # monai only needs torch and numpy, already here
-                            slicer.util.pip_install(requirement + (" --no-deps" if requirement.startswith("monai") else ""))
+                        for requirement in missing:
+                            slicer.util.pip_install(requirement)
                 else:
                     raise RuntimeError("installation declined")
             except Exception as error:
@@ -330,25 +358,6 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.dependenciesReady = True
         self.populateDevices()
         self.updateGUIFromParameters()
-        return True
-
-    @staticmethod
-    def _ensureTorch() -> bool:
-        try:
-            import PyTorchUtils
-        except ImportError:
-            if importlib.util.find_spec("torch") is not None:
-                return True
-            slicer.util.errorDisplay("ProstateKD needs PyTorch: install the 'PyTorch' extension from the "
-                                     "Extensions Manager, restart Slicer and click Apply again.")
-            return False
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if torchLogic.torchInstalled():
-            return True
-        if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=MINIMUM_TORCH) is None:
-            slicer.util.errorDisplay("PyTorch was not installed: ProstateKD cannot segment without it. "
-                                     "Install it with the 'PyTorch Util' module.")
-            return False
         return True
 
     # ---------------------------------------------------------------- actions
@@ -367,6 +376,7 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         p = self.parameters
         volume, output = p.input_volume, p.output_segmentation
+        self.applyStarted = time.perf_counter()
         self.setStatus("Starting...")
         try:
             job = self.logic.start_segmentation(
@@ -380,7 +390,8 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setStatus(f"<span style='color:#b00'>Could not start the segmentation: {error}</span>")
             return
         self.job, self.jobVolume, self.jobOutput = job, volume, output
-        self.setStatus("Segmenting in a background process...")
+        self.setStatus("Segmenting in the background process..." if getattr(job, "warm", False)
+                       else "Starting the background process (model loading)...")
         self.ui.progressBar.setRange(0, 0)  # busy until the first progress line
         self.ui.progressBar.show()
         self.updateButtons()
@@ -423,6 +434,7 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             if p is not None:
                 p.output_segmentation = node
+            self.applySeconds.append(time.perf_counter() - self.applyStarted)
             seconds = sum(result.timings.values())
             warnings = "".join(f"<br><span style='color:#a60'>Warning: {w}</span>" for w in result.warnings)
             self.setStatus(f"Prostate {result.volume_ml:.1f} ml, {seconds:.1f} s ({result.model}, {result.device})."
@@ -433,7 +445,7 @@ class ProstateKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateButtons()
 
     def onCancel(self) -> None:
-        """Kill the process; the next poll reports the cancellation."""
+        """Kill the worker at once (a fresh one starts); the next poll reports the cancellation."""
         if self.job is not None:
             self.job.cancel()
             self.setStatus("Cancelling...")
@@ -497,8 +509,8 @@ class ProstateKDTest(ScriptedLoadableModuleTest):
 
     @staticmethod
     def missingPackages() -> list:
-        """The packages the self-test needs that this Python lacks."""
-        return [name for name in ("torch", "monai") if importlib.util.find_spec(name) is None]
+        """The packages the self-test needs that this Python lacks (onnxruntime only: no torch, no MONAI)."""
+        return [name for name in ("onnxruntime",) if importlib.util.find_spec(name) is None]
 
     def test_segment_and_save_training_case(self) -> None:
         import numpy as np
@@ -525,10 +537,13 @@ class ProstateKDTest(ScriptedLoadableModuleTest):
         dice = 2 * (mask & reference).sum() / (mask.sum() + reference.sum())
         self.assertGreater(dice, 0.75)
 
-        self.delayDisplay("Segmenting again in a background process (PythonSlicer)")
-        job = logic.start_segmentation(volume, device="cpu")
-        job.wait(timeout=600)
-        node2, _ = logic.finish_segmentation(job, volume)
+        self.delayDisplay("Segmenting again in the warm background worker")
+        try:
+            job = logic.start_segmentation(volume, device="cpu")
+            job.wait(timeout=600)
+            node2, _ = logic.finish_segmentation(job, volume)
+        finally:
+            logic.close()
         from ProstateKDLib.slicer_logic import segmentation_node_to_mask
 
         background = sitk.GetArrayFromImage(segmentation_node_to_mask(node2, volume, slicer.mrmlScene))

@@ -29,24 +29,11 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .errors import (
-    BundleError,
-    CancelledError,
-    ConfigError,
-    DataError,
-    DeviceError,
-    InputError,
-    OutputError,
-    ProstateKDError,
-)
+from .errors import CancelledError, error_for_exit_code
 
 Launcher = Callable[[list[str], str], "subprocess.Popen[str]"]
 PROGRESS_PREFIX = "progress "
 ERROR_MARKER = "prostatekd segment: error: "
-_ERRORS_BY_EXIT_CODE = {
-    cls.exit_code: cls
-    for cls in (InputError, OutputError, BundleError, DeviceError, ConfigError, DataError, CancelledError)
-}
 
 
 def library_parent() -> Path:
@@ -108,7 +95,36 @@ def read_lines(stream: Any) -> Iterator[str]:
         return
 
 
-class BackgroundSegmentation:
+class JobFolder:
+    """The temporary folder of one background segmentation: ``input.nrrd`` in, ``mask.nrrd`` out."""
+
+    folder: Path | None = None
+
+    @property
+    def input_path(self) -> Path:
+        assert self.folder is not None, "start() first"
+        return self.folder / "input.nrrd"
+
+    @property
+    def output_path(self) -> Path:
+        assert self.folder is not None, "start() first"
+        return self.folder / "mask.nrrd"
+
+    def write_input(self, image: Any) -> Path:
+        """Make the folder and write ``image`` there (NRRD: exact geometry, no compression)."""
+        import SimpleITK as sitk
+
+        self.folder = Path(tempfile.mkdtemp(prefix="ProstateKD-"))
+        sitk.WriteImage(image, str(self.input_path), useCompression=False)
+        return self.input_path
+
+    def remove_folder(self) -> None:
+        """Remove the folder and what is in it."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class BackgroundSegmentation(JobFolder):
     """One ``prostatekd segment`` run in a child process.
 
     Args:
@@ -148,16 +164,6 @@ class BackgroundSegmentation:
         self._reader: threading.Thread | None = None
         self._drained = False
 
-    @property
-    def input_path(self) -> Path:
-        assert self.folder is not None, "start() first"
-        return self.folder / "input.nrrd"
-
-    @property
-    def output_path(self) -> Path:
-        assert self.folder is not None, "start() first"
-        return self.folder / "mask.nrrd"
-
     def command(self) -> list[str]:
         """The child's command line."""
         args = [self.python, "-u", "-m", "ProstateKDLib.cli", "segment",
@@ -170,13 +176,10 @@ class BackgroundSegmentation:
 
     def start(self) -> "BackgroundSegmentation":
         """Write the input and start the child process; returns self."""
-        import SimpleITK as sitk
-
         if self.process is not None:
             raise RuntimeError("this segmentation was already started")
-        self.folder = Path(tempfile.mkdtemp(prefix="ProstateKD-"))
         try:
-            sitk.WriteImage(self.image, str(self.input_path), useCompression=False)
+            self.write_input(self.image)
             self.process = self.launcher(self.command(), str(library_parent()))
         except BaseException:
             self.cleanup()
@@ -267,10 +270,6 @@ class BackgroundSegmentation:
             CancelledError: :meth:`cancel` was called.
             ProstateKDError: (the subclass matching the exit code) with the child's one-line error.
         """
-        import SimpleITK as sitk
-
-        from .inference import SegmentationResult
-
         if self.cancelled:
             raise CancelledError("segmentation cancelled")
         if self.process is None or self.process.poll() is None:
@@ -278,30 +277,36 @@ class BackgroundSegmentation:
         self.poll()
         code = self.process.returncode
         if code != 0 or self.summary is None:
-            error_class = _ERRORS_BY_EXIT_CODE.get(code, ProstateKDError)
             detail = self.error or _last_lines(self.log) or "no output"
             if self.error is None:
                 detail = f"segmentation process failed (exit code {code}): {detail}"
-            raise error_class(detail)
-        summary = self.summary
-        mask = sitk.ReadImage(str(self.output_path))
-        return SegmentationResult(
-            mask=mask,
-            model=summary.get("model", ""),
-            device=summary.get("device", ""),
-            input_size=tuple(summary.get("input_size", mask.GetSize())),
-            input_spacing=tuple(summary.get("input_spacing_mm", mask.GetSpacing())),
-            volume_ml=float(summary.get("volume_ml", 0.0)),
-            warnings=list(summary.get("warnings", [])),
-            timings=dict(summary.get("timings_s", {})),
-        )
+            raise error_for_exit_code(code, detail)
+        return result_from_summary(self.summary, self.output_path)
 
     def cleanup(self) -> None:
         """Kill the process if it still runs and remove the temporary folder."""
         if self.process is not None and self.process.poll() is None:
             self.cancel()
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        self.remove_folder()
+
+
+def result_from_summary(summary: dict[str, Any], mask_path: str | os.PathLike) -> Any:
+    """A ``SegmentationResult`` from a run's JSON summary and the mask file it wrote."""
+    import SimpleITK as sitk
+
+    from .inference import SegmentationResult
+
+    mask = sitk.ReadImage(str(mask_path))
+    return SegmentationResult(
+        mask=mask,
+        model=summary.get("model", ""),
+        device=summary.get("device", ""),
+        input_size=tuple(summary.get("input_size", mask.GetSize())),
+        input_spacing=tuple(summary.get("input_spacing_mm", mask.GetSpacing())),
+        volume_ml=float(summary.get("volume_ml", 0.0)),
+        warnings=list(summary.get("warnings", [])),
+        timings=dict(summary.get("timings_s", {})),
+    )
 
 
 def _last_lines(lines: Sequence[str], count: int = 3) -> str:

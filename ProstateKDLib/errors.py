@@ -67,3 +67,16 @@ class UsageError(ProstateKDError):
     """The command line is inconsistent (options that do not go together)."""
 
     exit_code = 2
+
+
+def error_for_exit_code(code: int | None, message: str) -> ProstateKDError:
+    """The error class of ``prostatekd``'s exit ``code`` (``ProstateKDError`` for an unknown one), with ``message``.
+
+    The instance's ``exit_code`` is ``code`` (so a child's status is passed on unchanged).
+    """
+    classes = (UsageError, InputError, OutputError, BundleError, DeviceError, ConfigError, DataError, CancelledError)
+    error_class = next((c for c in classes if c.exit_code == code), ProstateKDError)
+    error = error_class(message)
+    if code is not None:
+        error.exit_code = int(code)
+    return error

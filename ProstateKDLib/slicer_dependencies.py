@@ -1,9 +1,16 @@
-"""The Python packages the 3D Slicer module installs into Slicer's Python, matched to its torch.
+"""The Python packages the 3D Slicer module installs into Slicer's Python.
 
-Slicer brings numpy and SimpleITK; torch comes from the PyTorch extension
-(whatever build it chose for the GPU). MONAI is installed with ``--no-deps``
-(so pip never replaces that torch), hence its version must be chosen here to
-work with the torch that is installed, not simply the newest one:
+Segmenting needs only onnxruntime besides what Slicer ships (numpy, SimpleITK):
+the bundled models carry an ONNX export and the library preprocesses and maps back
+with SimpleITK/numpy, so neither PyTorch nor MONAI is installed for inference
+(:data:`INFERENCE_REQUIREMENTS`). psutil, when present, makes Cancel kill a whole
+process tree; without it the worker process itself is killed.
+
+PyTorch stays optional: with the PyTorch extension installed, the device list names
+the GPUs, ``mps`` and bundles without an ONNX export run on the torch backend, which
+needs MONAI matched to that torch (:func:`torch_backend_requirements`). MONAI is
+installed with ``--no-deps`` (so pip never replaces that torch), hence its version must
+be chosen here to work with the torch that is installed, not simply the newest one:
 
 ==================  ===============  ====================
 torch               Python           MONAI
@@ -23,12 +30,14 @@ import re
 import sys
 from typing import Sequence
 
-#: Packages the module needs besides numpy, SimpleITK (Slicer's own) and torch (PyTorch extension).
+#: What the module installs to segment (the ONNX backend): nothing else besides Slicer's own packages.
+INFERENCE_REQUIREMENTS = ("onnxruntime>=1.17",)
+#: What the optional torch backend needs besides torch (PyTorch extension) and MONAI (matched).
 #: nibabel: MONAI's ``Orientation`` imports it at run time.
-BASE_REQUIREMENTS = ("safetensors>=0.4", "scipy>=1.10", "psutil>=5.9", "tqdm>=4.60", "nibabel>=5")
+TORCH_BACKEND_REQUIREMENTS = ("safetensors>=0.4", "nibabel>=5")
 #: Never installed or upgraded by the module.
 NEVER_INSTALL = ("torch", "numpy", "SimpleITK")
-#: The oldest torch the module accepts (asked of the PyTorch extension).
+#: The oldest torch the torch backend accepts.
 MINIMUM_TORCH = ">=2.2"
 
 
@@ -55,9 +64,14 @@ def monai_requirement(torch_version: str, python_version: Sequence[int] | None =
     return "monai>=1.4,<1.5"
 
 
-def module_requirements(torch_version: str, python_version: Sequence[int] | None = None) -> list[str]:
-    """Everything the module installs for this torch: MONAI (matched) first, then the rest."""
-    return [monai_requirement(torch_version, python_version), *BASE_REQUIREMENTS]
+def module_requirements() -> list[str]:
+    """What the module installs before its first segmentation (no torch, no MONAI)."""
+    return list(INFERENCE_REQUIREMENTS)
+
+
+def torch_backend_requirements(torch_version: str, python_version: Sequence[int] | None = None) -> list[str]:
+    """What the optional torch backend needs for this torch: MONAI (matched) first, then the rest."""
+    return [monai_requirement(torch_version, python_version), *TORCH_BACKEND_REQUIREMENTS]
 
 
 def requirement_name(requirement: str) -> str:

@@ -17,7 +17,10 @@ by a failed run is removed, an existing output node keeps its segments.
 
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
+import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,10 +31,12 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from .background import BackgroundSegmentation, default_launcher
+from .background import BackgroundSegmentation, default_launcher, library_parent
 from .errors import InputError, ProstateKDError
 from .seg_nrrd import AUTO_COLOR, TERMINOLOGY_TAG, SegmentInfo
+from .segment_worker import WarmWorker
 from .training_case import TrainingCase, save_training_case
+from .warm_segmentation import WarmSegmentation
 
 MODULE_NAME = "ProstateKD"
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -428,8 +433,44 @@ def slicer_launcher(args: list[str], cwd: str) -> Any:
     )
 
 
+def slicer_worker_python() -> str:
+    """The interpreter of the warm worker.
+
+    Inside 3D Slicer the real interpreter next to ``PythonSlicer`` (``python-real``), run
+    with this process's environment (the one Slicer's launcher set up), so the worker's
+    stdin is the pipe this process writes and a kill reaches the interpreter itself; else
+    ``PythonSlicer`` (its launcher forwards stdin); outside Slicer this interpreter.
+    """
+    launcher = slicer_python()
+    if launcher == sys.executable:
+        return launcher
+    folder = Path(launcher).parent
+    for name in ("python-real.exe", "python-real") if os.name == "nt" else ("python-real",):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return launcher
+
+
+def slicer_worker_launcher(args: list) -> "subprocess.Popen[str]":
+    """Start the warm worker with text stdin/stdout/stderr pipes, in the library's parent folder.
+
+    ``PythonSlicer`` gets Slicer's startup environment (its launcher adds its own paths);
+    any other interpreter this process's environment.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if getattr(slicer, "app", None) is not None and Path(args[0]).name.lower().startswith("pythonslicer"):
+        env = {**slicer.util.startupEnvironment(), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(args, cwd=str(library_parent()), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1)
+
+
 class ProstateKDLogic:
     """Segment volume nodes and save corrected segmentations as training cases.
+
+    Background segmentations go to one warm worker process (:meth:`worker`): it keeps the
+    model loaded, so only the first Apply pays Python start-up, imports and model load.
+    :meth:`close` (the widget's cleanup, and the end of this Python) ends it; it also ends
+    by itself once this process is gone.
 
     Args:
         scene: the MRML scene holding the nodes (``slicer.mrmlScene`` in the application).
@@ -441,6 +482,9 @@ class ProstateKDLogic:
         self.scene = scene
         self._segmenter: Any = None
         self._segmenter_key: tuple | None = None
+        self._worker: WarmWorker | None = None
+        self._worker_key: tuple | None = None
+        self._exit_hook = False
 
     def parameters(self) -> ProstateKDParameters:
         """The module settings stored in the scene."""
@@ -498,6 +542,32 @@ class ProstateKDLogic:
         node = self.apply_mask(volume_node, result.mask, segmenter.segments(), output_segmentation_node)
         return node, result
 
+    def worker(self, model: Any = None, device: str = "auto", largest_component: bool | None = None,
+               python: str | None = None, launcher: Any = None) -> WarmWorker:
+        """The warm worker for these settings, kept while they do not change (else replaced)."""
+        from .bundle import ModelBundle, resolve_model
+
+        bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
+        key = (str(bundle.path), device, largest_component)
+        if self._worker is None or self._worker_key != key:
+            self.close()
+            self._worker = WarmWorker(
+                model=str(bundle.path),  # the child may not see this process's $PROSTATEKD_MODELS
+                device=device, largest_component=largest_component,
+                command=[python or slicer_worker_python()], launcher=launcher or slicer_worker_launcher,
+            )
+            self._worker_key = key
+            if not self._exit_hook:
+                atexit.register(self.close)
+                self._exit_hook = True
+        return self._worker
+
+    def close(self) -> None:
+        """End the warm worker (kills it at once: it holds nothing to save)."""
+        worker, self._worker, self._worker_key = self._worker, None, None
+        if worker is not None:
+            worker.cancel()
+
     def start_segmentation(
         self,
         volume_node: Any,
@@ -507,17 +577,26 @@ class ProstateKDLogic:
         channel: int | None = None,
         python: str | None = None,
         launcher: Any = None,
-    ) -> BackgroundSegmentation:
-        """Check the input and the bundle here, then run ``prostatekd segment`` in a child process.
+        warm: bool = True,
+    ) -> "WarmSegmentation | BackgroundSegmentation":
+        """Check the input and the bundle here, then segment in a background process.
 
-        Poll the returned job (``poll()``, ``finished``, ``fraction``, ``message``,
-        ``cancel()``) and pass it to :meth:`finish_segmentation`. The job carries
-        ``segments`` (from the bundle) for that.
+        ``warm`` (default): send the volume to the warm worker (:meth:`worker`; ``launcher`` is
+        then ``launcher(args) -> Popen`` with stdin/stdout pipes); else run one ``prostatekd
+        segment`` process for this volume (``launcher(args, cwd)``, as
+        ``slicer.util.launchConsoleProcess``). Poll the returned job (``poll()``, ``finished``,
+        ``fraction``, ``message``, ``cancel()``) and pass it to :meth:`finish_segmentation`. The
+        job carries ``segments`` (from the bundle) for that.
         """
         from .bundle import ModelBundle, resolve_model
 
         image = self.prepare_input(volume_node, channel)
         bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
+        if warm:
+            worker = self.worker(bundle, device, largest_component, python=python, launcher=launcher)
+            warm_job = WarmSegmentation(image, worker)
+            warm_job.segments = bundle_segments(bundle)  # type: ignore[attr-defined]
+            return warm_job.start()
         job = BackgroundSegmentation(
             image,
             model=str(bundle.path),  # the child may not see this process's $PROSTATEKD_MODELS
@@ -530,7 +609,7 @@ class ProstateKDLogic:
         return job.start()
 
     def finish_segmentation(
-        self, job: BackgroundSegmentation, volume_node: Any, output_segmentation_node: Any = None
+        self, job: "WarmSegmentation | BackgroundSegmentation", volume_node: Any, output_segmentation_node: Any = None
     ) -> tuple[Any, Any]:
         """Read a finished background job into a segmentation node; cleans the job up.
 

@@ -24,5 +24,7 @@ def test_agreement_script_on_one_real_case(shared_data, tmp_path):
     assert agreement["onnx_sliding vs torch_sliding"] >= 0.999
     assert agreement["torch_sliding vs monai_reference"] >= 0.999  # numpy pipeline == the MONAI one
     assert set(result["summary"]["mean_dice"]) == {"onnx_whole", "onnx_sliding", "onnx_sliding_0.5", "onnx_tta",
-                                                   "torch_whole", "torch_sliding", "monai_reference"}
+                                                   "onnx_whole_tta", "torch_whole", "torch_sliding", "monai_reference"}
     assert out.with_suffix(".md").read_text().startswith("# Inference options on real cases")
+    priced = {(q["option"], q["baseline"]): q for q in result["summary"]["priced"]}
+    assert priced[("onnx_tta", "onnx_sliding")]["median_time_ratio"] > 1  # TTA costs network passes

@@ -196,11 +196,14 @@ def test_segment_equals_cli_voxel_for_voxel(scene, cli_case, tiny_bundle):
     check_prostate_segment(node)
 
 
-def test_background_process_gives_the_same_voxels(scene, cli_case, tiny_bundle):
+@pytest.mark.parametrize("warm", [True, False], ids=["warm-worker", "one-process"])
+def test_background_process_gives_the_same_voxels(scene, cli_case, tiny_bundle, warm):
     volume_node = add_volume(scene, cli_case["image"])
     logic = ProstateKDLogic(scene)
-    job = logic.start_segmentation(volume_node, model=str(tiny_bundle.path), device="cpu", python=sys.executable)
+    job = logic.start_segmentation(volume_node, model=str(tiny_bundle.path), device="cpu", python=sys.executable,
+                                   warm=warm)
     job.wait(timeout=300)
+    logic.close()
     assert job.finished
     node, result = logic.finish_segmentation(job, volume_node)
     assert not job.folder.exists()  # temporary folder removed
@@ -209,25 +212,32 @@ def test_background_process_gives_the_same_voxels(scene, cli_case, tiny_bundle):
     assert result.volume_ml == pytest.approx(cli_case["expected"].sum() * 0.5 * 0.6 * 3.0 / 1000, abs=0.01)
 
 
-def test_background_process_cancel_kills_it(scene, make_volume, tiny_bundle):
+@pytest.mark.parametrize("warm", [True, False], ids=["warm-worker", "one-process"])
+def test_background_process_cancel_kills_it(scene, make_volume, tiny_bundle, warm):
     volume_node = add_volume(scene, make_volume())
     before = scene_state(scene)
     logic = ProstateKDLogic(scene)
-    job = logic.start_segmentation(volume_node, model=str(tiny_bundle.path), device="cpu", python=sys.executable)
+    job = logic.start_segmentation(volume_node, model=str(tiny_bundle.path), device="cpu", python=sys.executable,
+                                   warm=warm)
+    process = job.process
     job.cancel()
     job.wait(timeout=30)
-    assert job.process.returncode != 0
+    logic.close()
+    assert process.returncode is not None and process.returncode != 0
     with pytest.raises(CancelledError):
         logic.finish_segmentation(job, volume_node)
     assert scene_state(scene) == before
     assert not job.folder.exists()
 
 
-def test_background_process_reports_the_cli_error(scene, make_volume, tiny_bundle):
+@pytest.mark.parametrize("warm", [True, False], ids=["warm-worker", "one-process"])
+def test_background_process_reports_the_cli_error(scene, make_volume, tiny_bundle, warm):
     volume_node = add_volume(scene, make_volume())
     logic = ProstateKDLogic(scene)
-    job = logic.start_segmentation(volume_node, model=str(tiny_bundle.path), device="cuda:7", python=sys.executable)
+    job = logic.start_segmentation(volume_node, model=str(tiny_bundle.path), device="cuda:7", python=sys.executable,
+                                   warm=warm)
     job.wait(timeout=300)
+    logic.close()
     before = scene_state(scene)
     with pytest.raises(DeviceError, match="device cuda:7 is not available"):
         logic.finish_segmentation(job, volume_node)

@@ -96,7 +96,7 @@ def test_cmake_builds_the_extension_and_its_tests():
         r"find_package\(Slicer REQUIRED\)",
         r"include\(\$\{Slicer_USE_FILE\}\)",
         r'set\(EXTENSION_CATEGORY "Segmentation"\)',
-        r'set\(EXTENSION_DEPENDS "PyTorch"\)',
+        r'set\(EXTENSION_DEPENDS "NA"\)',
         r"set\(EXTENSION_HOMEPAGE ",
         r"set\(EXTENSION_CONTRIBUTORS ",
         r"set\(EXTENSION_DESCRIPTION ",
@@ -247,7 +247,8 @@ def test_extensions_index_description_follows_schema_1_0_2():
     assert 1 <= entry.get("tier", 1) <= 5
     # and it agrees with CMakeLists.txt
     assert entry["category"] == _cmake_value("EXTENSION_CATEGORY")
-    assert entry["build_dependencies"] == _cmake_value("EXTENSION_DEPENDS").split() == ["PyTorch"]
+    # no PyTorch extension: the module segments with onnxruntime only
+    assert entry.get("build_dependencies", []) == [] and _cmake_value("EXTENSION_DEPENDS") == "NA"
     assert entry["scm_url"] == _cmake_value("EXTENSION_HOMEPAGE") + ".git"
     assert entry["scm_revision"]
 
@@ -258,16 +259,24 @@ def test_licence_file_at_the_root():
     assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
 
 
-def test_module_installs_nibabel_and_a_monai_matching_torch():
-    from ProstateKDLib.slicer_dependencies import BASE_REQUIREMENTS, module_requirements, monai_requirement
+def test_module_installs_only_onnxruntime_and_matches_monai_to_torch_for_the_torch_backend():
+    from ProstateKDLib.slicer_dependencies import (
+        TORCH_BACKEND_REQUIREMENTS,
+        module_requirements,
+        monai_requirement,
+        requirement_name,
+        torch_backend_requirements,
+    )
 
-    assert "nibabel>=5" in BASE_REQUIREMENTS
+    assert [requirement_name(r) for r in module_requirements()] == ["onnxruntime"]  # no torch, no MONAI
+    assert "nibabel>=5" in TORCH_BACKEND_REQUIREMENTS
     assert monai_requirement("2.13.0+cpu", (3, 12)) == "monai>=1.6,<1.7"
     assert monai_requirement("2.8.0", (3, 9)) == "monai>=1.5.2,<1.6"  # MONAI 1.6 needs Python 3.10
     assert monai_requirement("2.5.1+cu121", (3, 12)) == "monai>=1.5.2,<1.6"
     assert monai_requirement("2.4.0", (3, 12)) == "monai>=1.4,<1.5"  # MONAI 1.5.2 needs torch 2.4.1
     assert monai_requirement("2.2.2", (3, 9)) == "monai>=1.4,<1.5"
-    assert module_requirements("2.13.0")[0].startswith("monai") and "nibabel>=5" in module_requirements("2.13.0")
+    assert torch_backend_requirements("2.13.0")[0].startswith("monai")
+    assert "nibabel>=5" in torch_backend_requirements("2.13.0")
     import monai
     import torch
 

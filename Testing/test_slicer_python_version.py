@@ -145,7 +145,7 @@ def test_gui_side_modules_run_on_a_real_python_3_9(py39):
         import subprocess, sys
         from ProstateKDLib.background import parse_progress, read_lines
         from ProstateKDLib.errors import InputError
-        from ProstateKDLib.slicer_dependencies import module_requirements
+        from ProstateKDLib.slicer_dependencies import module_requirements, torch_backend_requirements
         from ProstateKDLib.terminology import PROSTATE_TERMINOLOGY, slicer_terminology_tag
 
         child = subprocess.Popen(
@@ -155,7 +155,8 @@ def test_gui_side_modules_run_on_a_real_python_3_9(py39):
         child.wait()
         assert lines == ["progress 0.5 half", "last"], lines
         assert parse_progress(lines[0]) == (0.5, "half")
-        assert module_requirements("2.8.0")[0] == "monai>=1.5.2,<1.6", module_requirements("2.8.0")
+        assert torch_backend_requirements("2.8.0")[0] == "monai>=1.5.2,<1.6", torch_backend_requirements("2.8.0")
+        assert module_requirements() == ["onnxruntime>=1.17"], module_requirements()
         assert slicer_terminology_tag(PROSTATE_TERMINOLOGY).endswith("~^^~^^")
         assert InputError.exit_code == 3
         print("ok", sys.version_info[:2])

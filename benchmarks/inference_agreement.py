@@ -45,6 +45,7 @@ OPTIONS = {
     "onnx_sliding": {"backend": "onnx", "window": "sliding"},
     "onnx_sliding_0.5": {"backend": "onnx", "window": "sliding", "overlap": 0.5},
     "onnx_tta": {"backend": "onnx", "tta": True},
+    "onnx_whole_tta": {"backend": "onnx", "window": "whole", "tta": True},
     "torch_whole": {"backend": "torch", "window": "whole"},
     "torch_sliding": {"backend": "torch", "window": "sliding"},
 }
@@ -54,6 +55,42 @@ PAIRS = (
     ("onnx_sliding", "torch_sliding"),
     ("torch_sliding", "monai_reference"),
 )
+
+
+#: (option, baseline): Dice gain and time cost of an accuracy option over the setting it would replace.
+PRICED = (
+    ("onnx_sliding_0.5", "onnx_sliding"),
+    ("onnx_tta", "onnx_sliding"),
+    ("onnx_whole_tta", "onnx_whole"),
+    ("onnx_whole", "onnx_sliding"),
+)
+#: two-sided 95 % Student t quantiles by degrees of freedom (1-30), for the paired interval.
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+       2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+       2.045, 2.042)
+
+
+def paired_difference(values: list[float]) -> dict[str, Any]:
+    """Mean of paired per-case differences with its 95 % t interval; ``beyond_noise``: the interval excludes 0."""
+    n = len(values)
+    mean = statistics.mean(values)
+    if n < 2:
+        return {"n": n, "mean": round(mean, 5), "ci95": None, "beyond_noise": False}
+    half = T95[min(n - 1, len(T95)) - 1] * statistics.stdev(values) / n ** 0.5
+    low, high = mean - half, mean + half
+    return {"n": n, "mean": round(mean, 5), "ci95": [round(low, 5), round(high, 5)],
+            "beyond_noise": bool(low > 0 or high < 0)}
+
+
+def price(rows: list[dict[str, Any]], option: str, baseline: str) -> dict[str, Any]:
+    """Dice gain of ``option`` over ``baseline`` (paired per case) and its time cost."""
+    gains = [r["dice"][option] - r["dice"][baseline] for r in rows]
+    ratios = [r["seconds"][option] / max(r["seconds"][baseline], 1e-9) for r in rows]
+    extra = [r["seconds"][option] - r["seconds"][baseline] for r in rows]
+    return {"option": option, "baseline": baseline, "dice_gain": paired_difference(gains),
+            "per_case_gain": [round(g, 4) for g in gains],
+            "median_time_ratio": round(statistics.median(ratios), 2),
+            "median_extra_seconds": round(statistics.median(extra), 3)}
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -141,6 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "median_seconds": {n: round(statistics.median(r["seconds"][n] for r in rows), 3) for n in names},
         "agreement_min": {p: min(r["agreement"][p] for r in rows) for p in rows[0]["agreement"]},
         "agreement_mean": {p: round(statistics.mean(r["agreement"][p] for r in rows), 5) for p in rows[0]["agreement"]},
+        "priced": [price(rows, option, baseline) for option, baseline in PRICED],
         "mean_dice_by_site": {
             site: {n: round(statistics.mean(r["dice"][n] for r in rows if r["site"] == site), 4) for n in names}
             for site in sorted({r["site"] for r in rows})
@@ -176,7 +214,43 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"| {n} | {s['mean_dice'][n]:.4f} | {s['median_seconds'][n]:.3f} |" for n in s["mean_dice"]]
     lines += ["", "| agreement (Dice between masks) | min | mean |", "|---|---|---|"]
     lines += [f"| {p} | {s['agreement_min'][p]:.4f} | {s['agreement_mean'][p]:.4f} |" for p in s["agreement_min"]]
+    lines += ["", "| option vs baseline | mean Dice gain (paired) | 95 % interval | beyond noise | "
+              "median time ratio | median extra s |", "|---|---|---|---|---|---|"]
+    for q in s["priced"]:
+        gain = q["dice_gain"]
+        interval = "-" if gain["ci95"] is None else f"[{gain['ci95'][0]:+.4f}, {gain['ci95'][1]:+.4f}]"
+        lines.append(f"| {q['option']} vs {q['baseline']} | {gain['mean']:+.4f} | {interval} | "
+                     f"{'yes' if gain['beyond_noise'] else 'no'} | {q['median_time_ratio']:.2f}x | "
+                     f"{q['median_extra_seconds']:+.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Per-case paired Dice gain of each priced option (dots) with the mean and its 95 % interval (bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    priced = result["summary"]["priced"]
+    fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=120)
+    for y, q in enumerate(priced):
+        gains = q["per_case_gain"]
+        ax.scatter(gains, [y + 0.12] * len(gains), s=14, color="0.45", zorder=2)
+        gain = q["dice_gain"]
+        if gain["ci95"] is not None:
+            ax.plot(gain["ci95"], [y - 0.12] * 2, color="C3" if gain["beyond_noise"] else "C0", lw=3)
+        ax.scatter([gain["mean"]], [y - 0.12], color="k", s=22, zorder=3)
+        ax.text(1.01, y, f"{q['median_time_ratio']:.2f}x time", transform=ax.get_yaxis_transform(), va="center",
+                fontsize=8)
+    ax.axvline(0, color="0.6", lw=1)
+    ax.set_yticks(range(len(priced)), [f"{q['option']}\nvs {q['baseline']}" for q in priced], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("Dice gain vs expert mask (per case: dots; mean and 95 % interval: bar)")
+    ax.set_title(f"{result['model']}, {result['cases']} cases ({result['data']})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,11 +263,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N cases only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "inference_agreement.json")
+    parser.add_argument("--plot", action="store_true", help="also write <out>.png (paired Dice gains)")
+    parser.add_argument("--replot", type=Path, default=None, help="only redraw the tables and PNG of this JSON")
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        result = json.loads(args.replot.read_text())
+        args.replot.with_suffix(".md").write_text(markdown(result))
+        plot(result, args.replot.with_suffix(".png"))
+        print(f"wrote {args.replot.with_suffix('.md')} and {args.replot.with_suffix('.png')}")
+        return 0
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))
+    if args.plot:
+        plot(result, args.out.with_suffix(".png"))
     print(markdown(result))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0

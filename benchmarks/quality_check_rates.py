@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-flip", action="store_true",
                         help="skip the flip-agreement measure (it costs a second network pass per input)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", default="onnx", choices=["auto", "onnx", "torch"],
+                        help="network backend (default onnx: what prostatekd segment and Slicer run)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON report (default: benchmarks/reports/quality_checks/<model>-<version>.json)")
     args = parser.parse_args(argv)
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from ProstateKDLib.inference import Segmenter
     from ProstateKDLib.quality_checks import flip_agreement, quality_warnings, thresholds_from_model
 
-    segmenter = Segmenter(args.model, device=args.device, num_threads=args.threads)
+    segmenter = Segmenter(args.model, device=args.device, num_threads=args.threads, backend=args.backend)
     meta = segmenter.bundle.meta
     thresholds = thresholds_from_model(meta.raw)
     test_cases = split_test_cases(args.split_index)
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": f"{meta.name} {meta.version}", "model_path": str(segmenter.bundle.path),
+        "backend": segmenter.backend, "inference": result.mode,
         "model_training_data": meta.provenance.get("training_data"),
         "data": "PROMISE12 (real; spacing estimated, see shared/data/README.md)",
         "split_index": str(args.split_index) if test_cases else None,
@@ -196,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "benchmarks" / "reports" / "quality_checks" / f"{meta.name}-{meta.version}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nwritten: {out}")
+    out.with_suffix(".md").write_text(
+        f"# Quality-check firing rates: {report['model']} ({report['backend']}, {report['inference']})\n\n"
+        f"{report['date']}; {report['data']}; test split: {', '.join(report['test_split_cases']) or '-'}.\n"
+        f"Command: `{report['command']}`\n\n{format_table(table)}\n")
+    print(f"\nwritten: {out} and {out.with_suffix('.md')}")
     return 0
 
 

@@ -49,6 +49,10 @@ PROSTATEX_T2 = ROOT.parent / "shared" / "data" / "dicom" / "ProstateX-0001" / "0
 PEER_PYTHON = ROOT / "benchmarks" / ".venv-peer" / "bin" / "python"
 YARDSTICK = "import torch"
 TAPS = "TAPS (taps segment)"
+HEADLINE = "student (onnx)"
+#: issue 17's targets for the default student (2 CPU cores): whole command / yardstick, peak RSS MB,
+#: in-process seconds (warm total), TAPS whole command / student whole command.
+TARGETS = {"x_yardstick_max": 0.8, "peak_rss_mb_max": 300.0, "in_process_s_max": 0.6, "taps_over_student_min": 40.0}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -170,12 +174,17 @@ def run_worker(args: argparse.Namespace, backend: str, input_path: Path, workdir
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Every input: whole commands round-robin, then the in-process stages per backend."""
     results = []
-    for item in make_inputs(workdir, args):
+    for input_index, item in enumerate(make_inputs(workdir, args)):
         cmds = commands(args, item["path"], workdir)
+        if args.peer_inputs is not None and input_index >= args.peer_inputs:
+            cmds.pop(TAPS, None)  # TAPS on the first inputs only (a minute or two a run)
         samples: dict[str, list[tuple[float, float]]] = {label: [] for label in cmds}
-        for _ in range(args.repeats):
+        for round_index in range(args.repeats):
             for label, command in cmds.items():
+                if label == TAPS and round_index >= (args.peer_repeats or args.repeats):
+                    continue  # TAPS takes a minute a run: its first rounds only, still interleaved
                 samples[label].append(time_command(command, args.threads))
+                print(f"{item['name']}: {label}: {samples[label][-1][0]:.2f} s", file=sys.stderr, flush=True)
         yard = statistics.median(s for s, _ in samples[f'python -c "{YARDSTICK}"'])
         whole = {}
         for label, values in samples.items():
@@ -187,16 +196,43 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for label, entry in whole.items():
             entry["taps_over_this"] = taps["median_s"] / entry["median_s"] if taps else None
         stages = {b: run_worker(args, b, item["path"], workdir) for b in (["auto"] if args.smoke else args.backends)}
-        results.append({**{k: v for k, v in item.items() if k != "path"}, "whole_command": whole, "in_process": stages})
+        results.append({**{k: v for k, v in item.items() if k != "path"}, "whole_command": whole, "in_process": stages,
+                        "targets": targets(whole, stages)})
+    import onnxruntime
+
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
         "load_average_at_end": list(os.getloadavg()),
         "threads": args.threads,
         "device": args.device,
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "gpu": args.gpu_note,
         "repeats": args.repeats,
+        "peer_repeats": (args.peer_repeats or args.repeats) if args.peer else None,
         "command": " ".join(["python", "benchmarks/segment_benchmark.py", *sys.argv[1:]]),
         "inputs": results,
+    }
+
+
+def targets(whole: dict[str, Any], stages: dict[str, Any]) -> dict[str, Any] | None:
+    """The headline student's figures against :data:`TARGETS` (None when it was not timed)."""
+    student = whole.get(HEADLINE)
+    if student is None:
+        return None
+    in_process = stages.get("onnx", {}).get("warm_median_s", {}).get("total")
+    taps = student.get("taps_over_this")
+    return {
+        "x_yardstick": {"value": round(student["x_yardstick"], 3), "target": f"<= {TARGETS['x_yardstick_max']}",
+                        "met": student["x_yardstick"] <= TARGETS["x_yardstick_max"]},
+        "peak_rss_mb": {"value": round(student["peak_rss_mb"]), "target": f"<= {TARGETS['peak_rss_mb_max']:g}",
+                        "met": student["peak_rss_mb"] <= TARGETS["peak_rss_mb_max"]},
+        "in_process_s": {"value": None if in_process is None else round(in_process, 3),
+                         "target": f"<= {TARGETS['in_process_s_max']}",
+                         "met": None if in_process is None else in_process <= TARGETS["in_process_s_max"]},
+        "taps_over_student": {"value": None if taps is None else round(taps, 1),
+                              "target": f">= {TARGETS['taps_over_student_min']:g}",
+                              "met": None if taps is None else taps >= TARGETS["taps_over_student_min"]},
     }
 
 
@@ -204,8 +240,10 @@ def markdown(result: dict[str, Any]) -> str:
     """Tables: whole commands (headline), then the in-process stages."""
     lines = [f"# prostatekd segment: whole command and stages ({result['date']})", "",
              f"{result['machine']}; {result['threads']} threads, device {result['device']}; medians of "
-             f"{result['repeats']} runs, round-robin; load average at the end "
-             f"{', '.join(f'{x:.1f}' for x in result['load_average_at_end'])}. Command: `{result['command']}`", ""]
+             f"{result['repeats']} runs (TAPS: {result.get('peer_repeats') or '-'}), round-robin; load average at the end "
+             f"{', '.join(f'{x:.1f}' for x in result['load_average_at_end'])}. GPU: {result.get('gpu') or '-'} "
+             f"(onnxruntime providers: {', '.join(result.get('onnxruntime_providers', []))}). "
+             f"Command: `{result['command']}`", ""]
     for item in result["inputs"]:
         lines += [f"## {item['name']}: {'x'.join(map(str, item['size']))} at "
                   f"{'x'.join(f'{s:g}' for s in item['spacing_mm'])} mm ({item['kind']})", "",
@@ -222,8 +260,45 @@ def markdown(result: dict[str, Any]) -> str:
                          + " | ".join(f"{s['warm_median_s'][stage]:.3f}" for s in item["in_process"].values()) + " |")
         for key, label in (("import_s", "imports s"), ("model_load_s", "model load s"), ("peak_rss_mb", "peak RSS MB")):
             lines.append(f"| {label} | " + " | ".join(f"{s[key]:.2f}" for s in item["in_process"].values()) + " |")
+        if item.get("targets"):
+            lines += ["", f"| {HEADLINE} vs issue 17's targets | measured | target | met |", "|---|---|---|---|"]
+            for key, t in item["targets"].items():
+                met = "-" if t["met"] is None else ("yes" if t["met"] else "no")
+                lines.append(f"| {key} | {'-' if t['value'] is None else t['value']} | {t['target']} | {met} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Whole-command medians per input (log scale), with the yardstick and the run-to-run range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    inputs = result["inputs"]
+    fig, axes = plt.subplots(1, len(inputs), figsize=(5.2 * len(inputs), 3.2), dpi=120, squeeze=False)
+    for ax, item in zip(axes[0], inputs):
+        labels = list(item["whole_command"])
+        medians = [item["whole_command"][k]["median_s"] for k in labels]
+        lows = [m - min(item["whole_command"][k]["runs_s"]) for k, m in zip(labels, medians)]
+        highs = [max(item["whole_command"][k]["runs_s"]) - m for k, m in zip(labels, medians)]
+        colours = ["0.6" if YARDSTICK in k else ("C3" if k == TAPS else "C0") for k in labels]
+        ax.barh(range(len(labels)), medians, xerr=[lows, highs], color=colours)
+        for y, (label, m) in enumerate(zip(labels, medians)):
+            rss = item["whole_command"][label]["peak_rss_mb"]
+            ax.text(max(item["whole_command"][label]["runs_s"]) * 1.12, y, f"{m:.2f} s, {rss:.0f} MB", va="center",
+                    fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlim(right=max(medians) * 8)
+        ax.set_xlabel("whole command, median s (log)", fontsize=8)
+        ax.set_title(f"{item['name']} ({'x'.join(map(str, item['size']))})", fontsize=8)
+    fig.suptitle(f"prostatekd segment vs peers, {result['threads']} threads, {result['machine']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,17 +307,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", default="prostatekd-teacher", help="teacher bundle ('' to skip)")
     parser.add_argument("--backends", nargs="+", default=["onnx", "torch"], help="student backends to time")
     parser.add_argument("--peer", action="store_true", help="also time TAPS (benchmarks/setup_peer.sh)")
+    parser.add_argument("--peer-inputs", type=int, default=None, help="time TAPS on the first N inputs only")
+    parser.add_argument("--peer-repeats", type=int, default=None,
+                        help="TAPS runs per input (default: --repeats), in the first rounds of the round-robin")
     parser.add_argument("--sample-only", action="store_true", help="only the bundled sample")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="runs per command (medians), warm runs in process")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "segment_benchmark.json")
     parser.add_argument("--smoke", action="store_true", help="tiny volume, one repeat (for the test suite)")
+    parser.add_argument("--gpu-note", default="none", help="what GPU the machine has (recorded in the report)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--replot", type=Path, default=None, help="only redraw the PNG of this JSON")
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        plot(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
+        return 0
     if args.worker:
         worker(args)
         return 0
@@ -257,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(text + "\n")
+    if not args.smoke:
+        plot(result, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
 

@@ -62,7 +62,7 @@ def add_parser(subparsers: Any) -> None:
         "--backend", choices=["auto", "onnx", "torch"], default="auto",
         help="network runtime: onnx (onnxruntime, no torch), torch, or auto (onnx when the bundle has an export)",
     )
-    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes, about 4x the time)")
+    parser.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation (2 passes, about 2x the network time)")
     parser.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1) (default: the model's)")
     parser.add_argument(
         "--window", choices=["auto", "whole", "sliding"], default="auto",
