@@ -40,7 +40,6 @@ import copy
 import datetime as _dt
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,13 +49,13 @@ import numpy as np
 from ProstateKDLib import checks
 from ProstateKDLib.datasets import find_label, image_suffix, is_label_name, label_name, read_csv_rows, resolve
 from ProstateKDLib.errors import BundleError, ConfigError, DataError, OutputError
-from .run_folder import check_output_folder, check_resumable_options, write_log_csv
+from .engine import Method, Run
+from .run_folder import check_output_folder, check_resumable_options
 
 METHOD = "mean_teacher"
 OPTIONS_JSON = "options.json"
 BUNDLE_DIR = "bundle"
 EVALUATION_DIR = "evaluation"
-CHECKPOINT_FORMAT = 1
 RAMPUP_SHARPNESS = 5.0  # exp(-5 (1 - t)^2), Laine & Aila / Tarvainen & Valpola
 LOG_COLUMNS = ("epoch", "loss", "sup", "dice", "ce", "consistency", "consistency_weight", "lr", "seconds")
 FREE_OPTIONS = ("epochs", "device", "num_threads")  # may change on resume
@@ -102,6 +101,7 @@ class AdaptOptions:
     seed: int = 0
     device: str = "auto"
     num_threads: int | None = None
+    amp: bool = False
 
     def __post_init__(self) -> None:
         at_least_1, at_least_0 = (lambda v: checks.integer_at_least(v, 1)), (lambda v: checks.integer_at_least(v, 0))
@@ -120,6 +120,7 @@ class AdaptOptions:
             "device": lambda v: checks.need(isinstance(v, str) and bool(v),
                                             "a device name (auto, cpu, cuda, cuda:N or mps)", v),
             "num_threads": lambda v: checks.optional_integer_at_least(v, 1),
+            "amp": checks.boolean,
         })
 
     def to_dict(self) -> dict[str, Any]:
@@ -300,8 +301,11 @@ def consistency_rampup(step: int, rampup_steps: int) -> float:
     return float(math.exp(-RAMPUP_SHARPNESS * (1.0 - t) ** 2))
 
 
-def intensity_view(x: Any, generator: Any, options: AdaptOptions) -> Any:
-    """``x · scale + shift + noise`` per sample (scale, shift uniform; noise gaussian): no geometric change."""
+def intensity_view(x: Any, generator: Any, options: Any) -> Any:
+    """``x · scale + shift + noise`` per sample (scale, shift uniform; noise gaussian): no geometric change.
+
+    ``options``: anything with ``scale_range``, ``shift_range`` and ``noise_std`` (adapt's or coteach's options).
+    """
     import torch
 
     n = x.shape[0]
@@ -477,135 +481,151 @@ def adapt(
     loaded = _load_bundle(bundle)
     source_cases, target_images = index_adaptation_data(data, target_site)
     check_output_folder(out_dir, resume, activity="adaptation")
-    from ProstateKDLib.device import resolve_device
+    from .engine import fit
 
-    device = resolve_device(options.device)
-    return _adapt(loaded, data, target_site, out_dir, options, resume, progress, device, source_cases, target_images)
+    return fit(AdaptMethod(loaded, data, target_site, options, source_cases, target_images), out_dir, resume=resume,
+               progress=progress)
 
 
-def _adapt(bundle: Any, data: Any, target_site: str, out_dir: Path, options: AdaptOptions, resume: bool,
-           progress: bool, device: Any, source_cases: list[Any], target_images: list[TargetImage]) -> Path:
-    import torch
-    from tqdm.auto import tqdm
+class UnlabelledViewsMethod(Method):
+    """A method that also learns from unlabelled patches seen through two intensity views (adapt, coteach).
 
-    from ProstateKDLib.bundle import save_bundle
-    from ProstateKDLib.datasets import load_case
-    from training.distillers.parts import dice_ce_loss, dice_ce_terms
-    from ProstateKDLib.networks import count_parameters
+    The subclass sets ``record`` (its ``options.json``), ``options`` (with the view settings),
+    ``target`` (a :class:`TargetSampler`) and ``augment`` (the views' generator) in ``build``.
+    """
 
-    from .checkpoint import LAST, atomic_save, capture_rng, load_checkpoint, restore_rng, seed_everything
-    from .runinfo import git_commit, machine_info, start_session, write_json
-    from .sampling import PatchSampler
+    target_key = "target_sampler"
 
-    meta = bundle.meta
-    run_record = {
-        "method": METHOD,
-        "bundle": str(Path(bundle.path).resolve()),
-        "data": str(Path(data).expanduser().resolve()),
-        "target_site": target_site,
-        **options.to_dict(),
-    }
-    checkpoint = load_checkpoint(out_dir / LAST) if resume else None
-    if checkpoint is not None:
-        check_resumable_options(checkpoint.get("options", {}), run_record, FREE_OPTIONS, "adapt", "adaptation")
-    if options.num_threads:
-        torch.set_num_threads(options.num_threads)
+    def extra_state(self) -> dict[str, Any]:
+        return {"options": self.record, self.target_key: self.target.state_dict(),
+                "augment_rng": self.augment.get_state()}
 
-    seed_everything(options.seed)
-    student = bundle.build_network().to(device)
-    teacher = make_teacher(student).to(device)
-    optimizer = torch.optim.Adam(student.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
-    loss_fn = dice_ce_loss()
-    augment = torch.Generator().manual_seed(options.seed)
+    def load_extra_state(self, checkpoint: Any) -> None:
+        self.target.load_state_dict(checkpoint[self.target_key])
+        self.augment.set_state(checkpoint["augment_rng"])
 
-    bar_opts = {"disable": not progress, "leave": False}
-    norm = dict(meta.normalization)
-    source_volumes = [load_case(c, meta.orientation, meta.spacing, norm)
-                      for c in tqdm(source_cases, desc="preprocessing source cases", unit="case", **bar_opts)]
-    target_volumes = [_preprocess_target(t, meta)
-                      for t in tqdm(target_images, desc="preprocessing target images", unit="case", **bar_opts)]
-    source = PatchSampler(source_volumes, meta.patch_size, options.positive_fraction, seed=[options.seed, 1])
-    target = TargetSampler(target_volumes, meta.patch_size, seed=[options.seed, 2])
-    steps_per_epoch = source.iterations(options.patches_per_volume, options.batch_size)
-    rampup_steps = options.rampup_epochs * steps_per_epoch
+    def write_records(self, run_dir: Path) -> None:
+        from .runinfo import write_json
 
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "history": []}
-    if checkpoint is not None:
-        student.load_state_dict(checkpoint["model"])
-        teacher.load_state_dict(checkpoint["teacher"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        source.load_state_dict(checkpoint["source_sampler"])
-        target.load_state_dict(checkpoint["target_sampler"])
-        augment.set_state(checkpoint["augment_rng"])
-        restore_rng(checkpoint["rng"])
-        state = {k: checkpoint[k] for k in state}
+        write_json(self.record, run_dir / OPTIONS_JSON)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_record, out_dir / OPTIONS_JSON)
-    start_session(out_dir, {
-        "method": METHOD,
-        "exported_weights": "ema_teacher",
-        "bundle": _describe_bundle(bundle),
-        "target_site": target_site,
-        "target_labels_used": False,
-        "options": options.to_dict(),
-        "seeds": {"seed": options.seed, "source_sampler": [options.seed, 1], "target_sampler": [options.seed, 2]},
-        "machine": machine_info(device),
-        "parameters": count_parameters(student),
-        "data": {"root": run_record["data"], "source_cases": [c.case_id for c in source_cases],
-                 "target_cases": [t.case_id for t in target_images]},
-    }, resumed_from=state["epoch"] if checkpoint is not None else None)
-    write_log_csv(out_dir, state["history"], LOG_COLUMNS)
+    def views(self, size: int) -> tuple[Any, Any]:
+        """Two intensity views (on the device) of the same ``size`` unlabelled patches."""
+        batch = self.target.batch(size)
+        device = self.run.device
+        return (intensity_view(batch, self.augment, self.options).to(device),
+                intensity_view(batch, self.augment, self.options).to(device))
 
-    teacher.eval()
-    for epoch in range(state["epoch"] + 1, options.epochs + 1):
-        started = time.perf_counter()
-        student.train()
-        sums = {k: 0.0 for k in ("loss", "sup", "dice", "ce", "consistency", "consistency_weight")}
-        bar = tqdm(source.epoch(options.patches_per_volume, options.batch_size), total=steps_per_epoch,
-                   desc=f"adapt epoch {epoch}/{options.epochs}", unit="batch", mininterval=1.0, **bar_opts)
-        for image, label in bar:
-            weight = options.consistency_weight * consistency_rampup(state["step"], rampup_steps)
-            unlabelled = target.batch(image.shape[0])
-            view_student = intensity_view(unlabelled, augment, options).to(device)
-            view_teacher = intensity_view(unlabelled, augment, options).to(device)
-            optimizer.zero_grad(set_to_none=True)
-            terms = dice_ce_terms(loss_fn, student(image.to(device)), label.to(device))
-            with torch.no_grad():
-                teacher_logits = teacher(view_teacher)
-            cons = consistency_loss(student(view_student), teacher_logits)
-            sup = terms["dice"] + terms["ce"]
-            loss = sup + weight * cons
-            loss.backward()
-            optimizer.step()
-            ema_update(teacher, student, options.ema_decay)
-            state["step"] += 1
-            for key, value in (("loss", loss), ("sup", sup), ("dice", terms["dice"]), ("ce", terms["ce"]),
-                               ("consistency", cons)):
-                sums[key] += float(value.detach())
-            sums["consistency_weight"] += weight
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        bar.close()
-        row: dict[str, Any] = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()},
-                               "lr": options.learning_rate, "seconds": time.perf_counter() - started}
-        state["history"].append(row)
-        state["epoch"] = epoch
-        atomic_save({
-            "format": CHECKPOINT_FORMAT, **state, "options": run_record,
-            "model": student.state_dict(), "teacher": teacher.state_dict(), "optimizer": optimizer.state_dict(),
-            "source_sampler": source.state_dict(), "target_sampler": target.state_dict(),
-            "augment_rng": augment.get_state(), "rng": capture_rng(),
-        }, out_dir / LAST)
-        write_log_csv(out_dir, state["history"], LOG_COLUMNS)
-        if progress:
-            tqdm.write(f"adapt epoch {epoch}/{options.epochs}: loss {row['loss']:.4f} sup {row['sup']:.4f} "
-                       f"consistency {row['consistency']:.5f} (weight {row['consistency_weight']:.3f}) "
-                       f"({row['seconds']:.1f} s)")
 
-    model_json = build_model_json(bundle, options, target_site, source_cases, target_images, state["epoch"],
-                                  count_parameters(teacher), git_commit())
-    save_bundle(out_dir / BUNDLE_DIR, model_json, teacher.state_dict(), overwrite=True)
-    return out_dir
+class AdaptMethod(UnlabelledViewsMethod):
+    """Mean-teacher adaptation for :func:`training.engine.fit`: source patches + target views, EMA teacher."""
+
+    command = "adapt"
+    activity = "adaptation"
+    epoch_label = "adapt epoch"
+    sampler_key = "source_sampler"
+    log_columns = LOG_COLUMNS
+
+    def __init__(self, bundle: Any, data: Any, target_site: str, options: AdaptOptions, source_cases: list[Any],
+                 target_images: list[TargetImage]) -> None:
+        self.bundle, self.target_site, self.options = bundle, target_site, options
+        self.source_cases, self.target_images = source_cases, target_images
+        self.epochs, self.seed, self.device, self.amp = options.epochs, options.seed, options.device, options.amp
+        self.num_threads, self.learning_rate = options.num_threads, options.learning_rate
+        self.patches_per_volume, self.batch_size = options.patches_per_volume, options.batch_size
+        self.record = {"method": METHOD, "bundle": str(Path(bundle.path).resolve()),
+                       "data": str(Path(data).expanduser().resolve()), "target_site": target_site, **options.to_dict()}
+
+    def check_resumable(self, checkpoint: Any) -> None:
+        check_resumable_options(checkpoint.get("options", {}), self.record, FREE_OPTIONS, "adapt", "adaptation")
+
+    def build(self, run: Run) -> None:
+        import torch
+        from tqdm.auto import tqdm
+
+        from ProstateKDLib.datasets import load_case
+        from training.distillers.parts import dice_ce_loss
+
+        from .sampling import PatchSampler
+
+        meta, options, device = self.bundle.meta, self.options, run.device
+        self.run = run
+        self.student = self.bundle.build_network().to(device)
+        self.teacher = make_teacher(self.student).to(device)
+        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=options.learning_rate,
+                                          weight_decay=options.weight_decay)
+        self.loss_fn = dice_ce_loss()
+        self.augment = torch.Generator().manual_seed(options.seed)
+        bar_opts = {"disable": not run.progress, "leave": False}
+        norm = dict(meta.normalization)
+        source_volumes = [load_case(c, meta.orientation, meta.spacing, norm)
+                          for c in tqdm(self.source_cases, desc="preprocessing source cases", unit="case", **bar_opts)]
+        target_volumes = [_preprocess_target(t, meta)
+                          for t in tqdm(self.target_images, desc="preprocessing target images", unit="case", **bar_opts)]
+        self.sampler = PatchSampler(source_volumes, meta.patch_size, options.positive_fraction, seed=[options.seed, 1])
+        self.target = TargetSampler(target_volumes, meta.patch_size, seed=[options.seed, 2])
+        self.steps_per_epoch = self.sampler.iterations(options.patches_per_volume, options.batch_size)
+        self.rampup_steps = options.rampup_epochs * self.steps_per_epoch
+
+    def networks(self) -> dict[str, Any]:
+        return {"model": self.student, "teacher": self.teacher}
+
+    def optimizers(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer}
+
+    def run_info(self, run: Run) -> dict[str, Any]:
+        from ProstateKDLib.networks import count_parameters
+
+        options = self.options
+        return {
+            "method": METHOD, "exported_weights": "ema_teacher", "bundle": _describe_bundle(self.bundle),
+            "target_site": self.target_site, "target_labels_used": False, "options": options.to_dict(),
+            "seeds": {"seed": options.seed, "source_sampler": [options.seed, 1], "target_sampler": [options.seed, 2]},
+            "parameters": count_parameters(self.student),
+            "data": {"root": self.record["data"], "source_cases": [c.case_id for c in self.source_cases],
+                     "target_cases": [t.case_id for t in self.target_images]},
+        }
+
+    def start_epoch(self, epoch: int) -> dict[str, Any]:
+        self.teacher.eval()
+        self.student.train()
+        return {}
+
+    def step(self, batch: dict[str, Any], step: int) -> tuple[Any, dict[str, Any]]:
+        import torch
+
+        from training.distillers.parts import dice_ce_terms
+
+        options, device, image = self.options, self.run.device, batch["image"]
+        weight = options.consistency_weight * consistency_rampup(step, self.rampup_steps)
+        view_student, view_teacher = self.views(image.shape[0])
+        terms = dice_ce_terms(self.loss_fn, self.student(image.to(device)), batch["label"].to(device))
+        with torch.no_grad():
+            teacher_logits = self.teacher(view_teacher)
+        cons = consistency_loss(self.student(view_student), teacher_logits)
+        sup = terms["dice"] + terms["ce"]
+        loss = sup + weight * cons
+        values = {"loss": loss, "sup": sup, "dice": terms["dice"], "ce": terms["ce"], "consistency": cons}
+        return loss, {**{k: v.detach() for k, v in values.items()}, "consistency_weight": weight}
+
+    def after_step(self) -> None:
+        ema_update(self.teacher, self.student, self.options.ema_decay)
+
+    def epoch_line(self, epoch: int, row: Any) -> str:
+        return (f"adapt epoch {epoch}/{self.epochs}: loss {row['loss']:.4f} sup {row['sup']:.4f} "
+                f"consistency {row['consistency']:.5f} (weight {row['consistency_weight']:.3f}) "
+                f"({row['seconds']:.1f} s)")
+
+    def export(self, run: Run) -> None:
+        from ProstateKDLib.bundle import save_bundle
+        from ProstateKDLib.networks import count_parameters
+
+        from .runinfo import git_commit
+
+        model_json = build_model_json(self.bundle, self.options, self.target_site, self.source_cases,
+                                      self.target_images, run.state["epoch"], count_parameters(self.teacher),
+                                      git_commit())
+        save_bundle(run.run_dir / BUNDLE_DIR, model_json, self.teacher.state_dict(), overwrite=True)
 
 
 # ------------------------------------------------------------------ before / after evaluation

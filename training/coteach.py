@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -56,18 +55,18 @@ from ProstateKDLib.errors import ConfigError, DataError, OutputError
 from .adapt import (
     TargetImage,
     TargetSampler,
+    UnlabelledViewsMethod,
     consistency_loss,
     consistency_rampup,
-    intensity_view,
 )
 from .config import Config, ModelConfig, load_config
-from .run_folder import check_output_folder, check_resumable_options, write_log_csv
+from .engine import Run
+from .run_folder import check_output_folder, check_resumable_options
 
 METHOD = "coteach"
 OPTIONS_JSON = "options.json"
 BUNDLE_DIR = "bundle"
 LARGE_BUNDLE_DIR = "large_bundle"
-CHECKPOINT_FORMAT = 1
 ROLES = ("large", "small")
 # checkpoint keys of each network and its optimizer: the exported small network is ``model``
 CHECKPOINT_KEYS = {"small": ("model", "optimizer"), "large": ("large_model", "large_optimizer")}
@@ -382,167 +381,161 @@ def coteach(
     if clash is not None:
         raise DataError(f"unlabelled image {clash.image} is also a labelled case of {config.data.root}")
     check_output_folder(out_dir, resume, activity="co-teaching")
-    from ProstateKDLib.device import resolve_device
+    from .engine import fit
 
-    device = resolve_device(options.device)
-    return _coteach(config, unlabelled, out_dir, options, large, resume, progress, device, train_cases, val_cases,
-                    images)
+    method = CoteachMethod(config, unlabelled, options, large, train_cases, val_cases, images)
+    return fit(method, out_dir, resume=resume, progress=progress)
 
 
-def _coteach(config: Config, unlabelled: Any, out_dir: Path, options: CoteachOptions, large: ModelConfig,
-             resume: bool, progress: bool, device: Any, train_cases: list[Any], val_cases: list[Any],
-             images: list[TargetImage]) -> Path:
-    import torch
-    from tqdm.auto import tqdm
+class CoteachMethod(UnlabelledViewsMethod):
+    """Co-teaching for :func:`training.engine.fit`: both networks on labelled patches, one teaches on unlabelled views.
 
-    from ProstateKDLib.bundle import save_bundle
-    from ProstateKDLib.datasets import load_case
-    from training.distillers.parts import dice_ce_loss, dice_ce_terms
-    from ProstateKDLib.networks import build_network, count_parameters
+    The learning-rate schedule, warm-up, gradient clipping and AMP are the config's ``train`` settings.
+    """
 
-    from .checkpoint import LAST, atomic_save, capture_rng, load_checkpoint, restore_rng, seed_everything
-    from .runinfo import git_commit, machine_info, start_session, write_json
-    from .sampling import PatchSampler
-    from .train import nanmean, learning_rate, validate
+    command = "coteach"
+    activity = "co-teaching"
+    epoch_label = "coteach epoch"
+    sampler_key = "labelled_sampler"
+    target_key = "unlabelled_sampler"
+    log_columns = LOG_COLUMNS
 
-    cfg_t = config.train
-    config_record = config.to_dict()
-    for key in FREE_OPTIONS:
-        config_record["train"].pop(key, None)
-    run_record = {"method": METHOD, "config": config_record,
-                  "unlabelled": str(Path(unlabelled).expanduser().resolve()), **options.to_dict()}
-    checkpoint = load_checkpoint(out_dir / LAST) if resume else None
-    if checkpoint is not None:
-        check_resumable_options(checkpoint.get("options", {}), run_record, FREE_OPTIONS, "coteach", "co-teaching")
-    if options.num_threads:
-        torch.set_num_threads(options.num_threads)
+    def __init__(self, config: Config, unlabelled: Any, options: CoteachOptions, large: ModelConfig,
+                 train_cases: list[Any], val_cases: list[Any], images: list[TargetImage]) -> None:
+        t = config.train
+        self.config, self.options, self.large = config, options, large
+        self.train_cases, self.val_cases, self.images = train_cases, val_cases, images
+        self.epochs, self.seed, self.device, self.amp = options.epochs, t.seed, options.device, t.amp
+        self.num_threads, self.learning_rate, self.lr_schedule = options.num_threads, t.learning_rate, t.lr_schedule
+        self.warmup_steps, self.grad_clip = t.warmup_steps, t.grad_clip
+        self.patches_per_volume, self.batch_size = t.patches_per_volume, t.batch_size
+        config_record = config.to_dict()
+        for key in FREE_OPTIONS:
+            config_record["train"].pop(key, None)
+        self.record = {"method": METHOD, "config": config_record,
+                       "unlabelled": str(Path(unlabelled).expanduser().resolve()), **options.to_dict()}
 
-    seed_everything(cfg_t.seed)
-    nets = {"small": build_network(config.model.network, config.model.network_kwargs()).to(device),
-            "large": build_network(large.network, large.network_kwargs()).to(device)}
-    opt_cls = torch.optim.AdamW if cfg_t.optimizer == "adamw" else torch.optim.Adam
-    optims = {k: opt_cls(n.parameters(), lr=cfg_t.learning_rate, weight_decay=cfg_t.weight_decay)
-              for k, n in nets.items()}
-    loss_fn = dice_ce_loss()
-    augment = torch.Generator().manual_seed(cfg_t.seed)
+    def check_resumable(self, checkpoint: Any) -> None:
+        check_resumable_options(checkpoint.get("options", {}), self.record, FREE_OPTIONS, "coteach", "co-teaching")
 
-    pre = config.preprocessing
-    norm = pre.normalization.as_dict()
-    bar_opts = {"disable": not progress, "leave": False}
-    train_volumes = [load_case(c, pre.orientation, pre.spacing, norm)
-                     for c in tqdm(train_cases, desc="preprocessing labelled cases", unit="case", **bar_opts)]
-    val_volumes = [load_case(c, pre.orientation, pre.spacing, norm)
-                   for c in tqdm(val_cases, desc="preprocessing validation cases", unit="case", **bar_opts)]
-    unlabelled_volumes = [_preprocess_unlabelled(i, config)
-                          for i in tqdm(images, desc="preprocessing unlabelled images", unit="case", **bar_opts)]
-    labelled = PatchSampler(train_volumes, pre.patch_size, cfg_t.positive_fraction, seed=[cfg_t.seed, 1])
-    target = TargetSampler(unlabelled_volumes, pre.patch_size, seed=[cfg_t.seed, 2])
-    steps_per_epoch = labelled.iterations(cfg_t.patches_per_volume, cfg_t.batch_size)
-    total_steps = steps_per_epoch * options.epochs
-    rampup_steps = options.rampup_epochs * steps_per_epoch
+    def build(self, run: Run) -> None:
+        import torch
+        from tqdm.auto import tqdm
 
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "history": []}
-    if checkpoint is not None:
+        from ProstateKDLib.datasets import load_case
+        from ProstateKDLib.networks import build_network
+        from training.distillers.parts import dice_ce_loss
+
+        from .sampling import PatchSampler
+
+        config, cfg_t, device = self.config, self.config.train, run.device
+        self.run = run
+        self.nets = {"small": build_network(config.model.network, config.model.network_kwargs()).to(device),
+                     "large": build_network(self.large.network, self.large.network_kwargs()).to(device)}
+        opt_cls = torch.optim.AdamW if cfg_t.optimizer == "adamw" else torch.optim.Adam
+        self.optims = {k: opt_cls(n.parameters(), lr=cfg_t.learning_rate, weight_decay=cfg_t.weight_decay)
+                       for k, n in self.nets.items()}
+        self.loss_fn = dice_ce_loss()
+        self.augment = torch.Generator().manual_seed(cfg_t.seed)
+        pre = config.preprocessing
+        norm = pre.normalization.as_dict()
+        bar_opts = {"disable": not run.progress, "leave": False}
+        train_volumes = [load_case(c, pre.orientation, pre.spacing, norm)
+                         for c in tqdm(self.train_cases, desc="preprocessing labelled cases", unit="case", **bar_opts)]
+        self.val_volumes = [load_case(c, pre.orientation, pre.spacing, norm)
+                            for c in tqdm(self.val_cases, desc="preprocessing validation cases", unit="case",
+                                          **bar_opts)]
+        unlabelled_volumes = [_preprocess_unlabelled(i, config)
+                              for i in tqdm(self.images, desc="preprocessing unlabelled images", unit="case",
+                                            **bar_opts)]
+        self.sampler = PatchSampler(train_volumes, pre.patch_size, cfg_t.positive_fraction, seed=[cfg_t.seed, 1])
+        self.target = TargetSampler(unlabelled_volumes, pre.patch_size, seed=[cfg_t.seed, 2])
+        self.steps_per_epoch = self.sampler.iterations(cfg_t.patches_per_volume, cfg_t.batch_size)
+        self.rampup_steps = self.options.rampup_epochs * self.steps_per_epoch
+
+    def networks(self) -> dict[str, Any]:
+        return {CHECKPOINT_KEYS[k][0]: self.nets[k] for k in ROLES}
+
+    def optimizers(self) -> dict[str, Any]:
+        return {CHECKPOINT_KEYS[k][1]: self.optims[k] for k in ROLES}
+
+    def run_info(self, run: Run) -> dict[str, Any]:
+        from ProstateKDLib.networks import count_parameters
+
+        config, cfg_t = self.config, self.config.train
+        self.params = {k: count_parameters(n) for k, n in self.nets.items()}
+        return {
+            "method": METHOD, "options": self.options.to_dict(),
+            "seeds": {"seed": cfg_t.seed, "data_split": config.data.seed, "labelled_sampler": [cfg_t.seed, 1],
+                      "unlabelled_sampler": [cfg_t.seed, 2]},
+            "parameters": {"small": self.params["small"], "large": self.params["large"]},
+            "large_network": _describe_large(self.large, self.params["large"]),
+            "unlabelled_labels_used": False,
+            "data": {"root": config.data.root, "train_cases": [c.case_id for c in self.train_cases],
+                     "val_cases": [c.case_id for c in self.val_cases], "unlabelled": self.record["unlabelled"],
+                     "unlabelled_cases": [i.case_id for i in self.images]},
+        }
+
+    def start_epoch(self, epoch: int) -> dict[str, Any]:
+        self.teacher_role = teacher_for_epoch(epoch, self.options.alternate_every)
+        return {"teacher": self.teacher_role}
+
+    def epoch_description(self, epoch: int) -> str:
+        return f"coteach epoch {epoch}/{self.epochs} ({teacher_for_epoch(epoch, self.options.alternate_every)} teaches)"
+
+    def step(self, batch: dict[str, Any], step: int) -> tuple[Any, dict[str, Any]]:
+        import torch
+
+        from training.distillers.parts import dice_ce_terms
+
+        options, device, nets = self.options, self.run.device, self.nets
+        teacher = nets[self.teacher_role]
+        learner = nets["small" if self.teacher_role == "large" else "large"]
+        ramp = consistency_rampup(step, self.rampup_steps)
+        view_teacher, view_learner = self.views(options.unlabelled_batch_size)
+        teacher.eval()
+        with torch.no_grad():
+            teacher_logits = teacher(view_teacher)
+        teacher.train()
+        learner.train()
+        pseudo, mask = confidence_mask(torch.softmax(teacher_logits.float(), dim=1), options.confidence)
+        image, label = batch["image"].to(device), batch["label"].to(device)
+        sup = {}
         for key in ROLES:
-            nets[key].load_state_dict(checkpoint[CHECKPOINT_KEYS[key][0]])
-            optims[key].load_state_dict(checkpoint[CHECKPOINT_KEYS[key][1]])
-        labelled.load_state_dict(checkpoint["labelled_sampler"])
-        target.load_state_dict(checkpoint["unlabelled_sampler"])
-        augment.set_state(checkpoint["augment_rng"])
-        restore_rng(checkpoint["rng"])
-        state = {k: checkpoint[k] for k in state}
+            terms = dice_ce_terms(self.loss_fn, nets[key](image), label)
+            sup[key] = terms["dice"] + terms["ce"]
+        learner_logits = learner(view_learner)
+        pseudo_loss = pseudo_label_loss(learner_logits, pseudo, mask)
+        cons = consistency_loss(learner_logits, teacher_logits)
+        loss = sup["large"] + sup["small"] + ramp * (options.pseudo_weight * pseudo_loss
+                                                     + options.consistency_weight * cons)
+        values = {"loss": loss, "sup_large": sup["large"], "sup_small": sup["small"], "pseudo": pseudo_loss,
+                  "consistency": cons}
+        return loss, {**{k: v.detach() for k, v in values.items()}, "coverage": mask.float().mean(),
+                      "consistency_weight": ramp * options.consistency_weight}
 
-    params = {k: count_parameters(n) for k, n in nets.items()}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_record, out_dir / OPTIONS_JSON)
-    start_session(out_dir, {
-        "method": METHOD,
-        "options": options.to_dict(),
-        "seeds": {"seed": cfg_t.seed, "data_split": config.data.seed, "labelled_sampler": [cfg_t.seed, 1],
-                  "unlabelled_sampler": [cfg_t.seed, 2]},
-        "machine": machine_info(device),
-        "parameters": {"small": params["small"], "large": params["large"]},
-        "large_network": _describe_large(large, params["large"]),
-        "unlabelled_labels_used": False,
-        "data": {"root": config.data.root, "train_cases": [c.case_id for c in train_cases],
-                 "val_cases": [c.case_id for c in val_cases], "unlabelled": run_record["unlabelled"],
-                 "unlabelled_cases": [i.case_id for i in images]},
-    }, resumed_from=state["epoch"] if checkpoint is not None else None)
-    write_log_csv(out_dir, state["history"], LOG_COLUMNS)
+    def validate(self, epoch: int) -> dict[str, Any]:
+        from .train import nanmean, validate
 
-    for epoch in range(state["epoch"] + 1, options.epochs + 1):
-        started = time.perf_counter()
-        teacher_role = teacher_for_epoch(epoch, options.alternate_every)
-        learner_role = "small" if teacher_role == "large" else "large"
-        teacher, learner = nets[teacher_role], nets[learner_role]
-        sums = {k: 0.0 for k in ("loss", "sup_large", "sup_small", "pseudo", "consistency", "coverage",
-                                 "consistency_weight")}
-        bar = tqdm(labelled.epoch(cfg_t.patches_per_volume, cfg_t.batch_size), total=steps_per_epoch,
-                   desc=f"coteach epoch {epoch}/{options.epochs} ({teacher_role} teaches)", unit="batch",
-                   mininterval=1.0, **bar_opts)
-        lr = cfg_t.learning_rate
-        for image, label in bar:
-            lr = learning_rate(cfg_t.learning_rate, cfg_t.lr_schedule, state["step"], total_steps)
-            ramp = consistency_rampup(state["step"], rampup_steps)
-            for optimizer in optims.values():
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-            batch = target.batch(options.unlabelled_batch_size)
-            view_teacher = intensity_view(batch, augment, options).to(device)
-            view_learner = intensity_view(batch, augment, options).to(device)
-            teacher.eval()
-            with torch.no_grad():
-                teacher_logits = teacher(view_teacher)
-            teacher.train()
-            learner.train()
-            pseudo, mask = confidence_mask(torch.softmax(teacher_logits.float(), dim=1), options.confidence)
-            image, label = image.to(device), label.to(device)
-            sup = {}
-            for key in ROLES:
-                terms = dice_ce_terms(loss_fn, nets[key](image), label)
-                sup[key] = terms["dice"] + terms["ce"]
-            learner_logits = learner(view_learner)
-            pseudo_loss = pseudo_label_loss(learner_logits, pseudo, mask)
-            cons = consistency_loss(learner_logits, teacher_logits)
-            loss = sup["large"] + sup["small"] + ramp * (options.pseudo_weight * pseudo_loss
-                                                         + options.consistency_weight * cons)
-            loss.backward()
-            for optimizer in optims.values():
-                optimizer.step()
-            state["step"] += 1
-            for key, value in (("loss", loss), ("sup_large", sup["large"]), ("sup_small", sup["small"]),
-                               ("pseudo", pseudo_loss), ("consistency", cons)):
-                sums[key] += float(value.detach())
-            sums["coverage"] += float(mask.float().mean())
-            sums["consistency_weight"] += ramp * options.consistency_weight
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        bar.close()
-        row: dict[str, Any] = {"epoch": epoch, "teacher": teacher_role,
-                               **{k: v / steps_per_epoch for k, v in sums.items()}}
+        row: dict[str, Any] = {}
         for key in ROLES:
-            dice = nanmean(validate(nets[key], val_volumes, pre.patch_size, device)) if val_volumes else None
+            dice = nanmean(validate(self.nets[key], self.val_volumes, self.config.preprocessing.patch_size,
+                                    self.run.device, self.run.amp)) if self.val_volumes else None
             row[f"val_dice_{key}"] = None if dice is None else float(dice)
-        row.update(lr=float(lr), seconds=time.perf_counter() - started)
-        state["history"].append(row)
-        state["epoch"] = epoch
-        atomic_save({
-            "format": CHECKPOINT_FORMAT, **state, "options": run_record,
-            **{CHECKPOINT_KEYS[k][0]: nets[k].state_dict() for k in ROLES},
-            **{CHECKPOINT_KEYS[k][1]: optims[k].state_dict() for k in ROLES},
-            "labelled_sampler": labelled.state_dict(), "unlabelled_sampler": target.state_dict(),
-            "augment_rng": augment.get_state(), "rng": capture_rng(),
-        }, out_dir / LAST)
-        write_log_csv(out_dir, state["history"], LOG_COLUMNS)
-        if progress:
-            dice = " ".join(f"val_dice_{k} {row[f'val_dice_{k}']:.4f}" for k in ROLES
-                            if row[f"val_dice_{k}"] is not None)
-            tqdm.write(f"coteach epoch {epoch}/{options.epochs} ({teacher_role} teaches): sup_large "
-                       f"{row['sup_large']:.4f} sup_small {row['sup_small']:.4f} pseudo {row['pseudo']:.4f} "
-                       f"coverage {row['coverage']:.3f} {dice} ({row['seconds']:.1f} s)")
+        return row
 
-    small_json, large_json = _model_jsons(config, options, large, train_cases, images, state, params["small"],
-                                          params["large"], git_commit())
-    save_bundle(out_dir / BUNDLE_DIR, small_json, nets["small"].state_dict(), overwrite=True)
-    save_bundle(out_dir / LARGE_BUNDLE_DIR, large_json, nets["large"].state_dict(), overwrite=True)
-    return out_dir
+    def epoch_line(self, epoch: int, row: Any) -> str:
+        dice = " ".join(f"val_dice_{k} {row[f'val_dice_{k}']:.4f}" for k in ROLES if row[f"val_dice_{k}"] is not None)
+        return (f"coteach epoch {epoch}/{self.epochs} ({row['teacher']} teaches): sup_large "
+                f"{row['sup_large']:.4f} sup_small {row['sup_small']:.4f} pseudo {row['pseudo']:.4f} "
+                f"coverage {row['coverage']:.3f} {dice} ({row['seconds']:.1f} s)")
+
+    def export(self, run: Run) -> None:
+        from ProstateKDLib.bundle import save_bundle
+
+        from .runinfo import git_commit
+
+        small_json, large_json = _model_jsons(self.config, self.options, self.large, self.train_cases, self.images,
+                                              run.state, self.params["small"], self.params["large"], git_commit())
+        save_bundle(run.run_dir / BUNDLE_DIR, small_json, self.nets["small"].state_dict(), overwrite=True)
+        save_bundle(run.run_dir / LARGE_BUNDLE_DIR, large_json, self.nets["large"].state_dict(), overwrite=True)

@@ -28,17 +28,17 @@ normalisation and labels; its provenance says ``training_data: none (data-free)`
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from ProstateKDLib import checks
-from ProstateKDLib.errors import ConfigError, OutputError
+from ProstateKDLib.errors import ConfigError
+
+from .engine import Method, Run
 
 DEFAULT_STUDENT = {"channels": [8, 16, 32, 64], "strides": [[2, 2, 1], 2, 2], "num_res_units": 1, "norm": "instance"}
 
@@ -62,6 +62,8 @@ class DataFreeOptions:
     axis_range: tuple[float, float] = (0.15, 0.35)
     seed: int = 0
     num_threads: int | None = None
+    device: str = "cpu"
+    amp: bool = False
 
     def check(self) -> "DataFreeOptions":
         """Self, or ConfigError naming the first bad option."""
@@ -69,6 +71,9 @@ class DataFreeOptions:
                                               lambda v: checks.integer_at_least(v, 1))
         rules.update(dict.fromkeys(("synthesis_lr", "meta_lr", "temperature", "learning_rate"), checks.positive_number))
         rules.update(dict.fromkeys(("tv_weight", "l2_weight"), checks.non_negative_number))
+        rules.update({"num_threads": lambda v: checks.optional_integer_at_least(v, 1), "amp": checks.boolean,
+                      "device": lambda v: checks.need(isinstance(v, str) and bool(v),
+                                                      "a device name (auto, cpu, cuda, cuda:N or mps)", v)})
         checks.check_options(self, "data-free", rules)
         low, high = self.axis_range
         if not 0 < low <= high < 0.5:
@@ -115,99 +120,155 @@ def synthesize(teacher: Any, labels: Any, start: Any, options: DataFreeOptions) 
 
 def distil_data_free(
     teacher_bundle: Any, out_dir: str | os.PathLike, options: DataFreeOptions | None = None,
-    name: str = "datafree-student", progress: bool = True, **option_values: Any,
+    name: str = "datafree-student", progress: bool = True, resume: bool = False, **option_values: Any,
 ) -> Path:
     """Train a student from ``teacher_bundle`` (path, name or loaded bundle) alone; write ``out_dir``.
 
-    ``out_dir`` gets ``options.json``, ``log.csv`` (per epoch: synthesis CE, distillation
-    loss, teacher-student agreement, seconds) and ``bundle/``.
+    ``out_dir`` gets ``options.json``, ``run.json``, ``log.csv`` (per epoch: synthesis CE,
+    distillation loss, teacher-student agreement, seconds), ``checkpoint_last.pt`` and ``bundle/``;
+    ``resume`` continues a stopped run (only ``epochs``, ``device`` and ``num_threads`` may change).
 
     Raises:
-        ConfigError: a bad option or student network.
-        OutputError: ``out_dir`` exists and is not empty.
+        ConfigError: a bad option or student network, or options that differ on resume.
+        OutputError: ``out_dir`` exists and is not empty (without ``resume``), or holds nothing to resume.
         BundleError: the teacher cannot be loaded.
     """
-    import torch
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
-
-    from ProstateKDLib import __version__
-    from ProstateKDLib.bundle import load_bundle, resolve_model, save_bundle
-    from training.losses import SoftmaxKLDivLoss
+    from ProstateKDLib.bundle import load_bundle, resolve_model
     from ProstateKDLib.networks import build_network
+
+    from .engine import fit
+    from .run_folder import check_output_folder
 
     options = (options or DataFreeOptions(**option_values)).check()
     out = Path(out_dir).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputError(f"{out} is not empty; choose a new folder")
+    check_output_folder(out, resume, activity="data-free distillation")
     bundle = teacher_bundle if hasattr(teacher_bundle, "meta") else (
         load_bundle(teacher_bundle) if Path(str(teacher_bundle)).exists() else resolve_model(str(teacher_bundle)))
     meta = bundle.meta
     if len(meta.channels) != 1:
         raise ConfigError(f"data-free distillation needs a single-channel teacher, {meta.name!r} has {len(meta.channels)}")
     try:
-        student = build_network(options.student_network, {"in_channels": 1, "out_channels": meta.num_classes,
-                                                          **dict(options.student_kwargs)})
+        build_network(options.student_network, {"in_channels": 1, "out_channels": meta.num_classes,
+                                                **dict(options.student_kwargs)})
     except (TypeError, ValueError, KeyError) as exc:
         raise ConfigError(f"data-free option 'student_kwargs': cannot build {options.student_network!r}: {exc}") from None
-    if options.num_threads:
-        torch.set_num_threads(options.num_threads)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "options.json").write_text(json.dumps({**asdict(options), "teacher": str(bundle.path)}, indent=1, default=list))
-    teacher = bundle.build_network().eval().requires_grad_(False)
-    patch = tuple(int(p) for p in meta.patch_size)
-    generator = torch.Generator().manual_seed(options.seed)
-    torch.manual_seed(options.seed)
-    init = torch.zeros(1, 1, *patch)  # the meta-learned start of every synthesis
-    kl = SoftmaxKLDivLoss(options.temperature)
-    optimizer = torch.optim.Adam(student.parameters(), lr=options.learning_rate)
-    history = []
-    for epoch in range(1, options.epochs + 1):
-        started = time.perf_counter()
-        sums = {"synthesis_ce": 0.0, "kd_loss": 0.0, "agreement": 0.0}
-        for _ in tqdm(range(options.batches_per_epoch), desc=f"epoch {epoch}/{options.epochs}", disable=not progress,
-                      leave=False):
-            labels = prior_labels(options.batch_size, patch, options.axis_range, generator)
-            start = init + torch.randn(options.batch_size, 1, *patch, generator=generator)
-            x, ce = synthesize(teacher, labels, start, options)
-            init += options.meta_lr * (x.mean(0, keepdim=True) - init)  # Reptile step of the shared start
-            with torch.no_grad():
-                target = teacher(x)
-            student.train()
-            optimizer.zero_grad(set_to_none=True)
-            logits = student(x)
-            loss = kl(logits, target) + F.cross_entropy(logits, target.argmax(1))
-            loss.backward()
-            optimizer.step()
-            sums["synthesis_ce"] += ce
-            sums["kd_loss"] += float(loss.detach())
-            sums["agreement"] += float((logits.argmax(1) == target.argmax(1)).float().mean())
-        row = {"epoch": epoch, **{k: v / options.batches_per_epoch for k, v in sums.items()},
-               "seconds": time.perf_counter() - started}
-        history.append(row)
-        with open(out / "log.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            writer.writeheader()
-            writer.writerows(history)
-        if progress:
-            tqdm.write(f"epoch {epoch}/{options.epochs}: synthesis CE {row['synthesis_ce']:.3f}, "
-                       f"KD loss {row['kd_loss']:.3f}, agreement {row['agreement']:.3f}")
-    model = json.loads((Path(bundle.path) / "model.json").read_text()) if Path(bundle.path).is_dir() else None
-    if model is None:
+    if not (Path(bundle.path) / "model.json").is_file():
         raise ConfigError(f"teacher bundle {bundle.path} is not a folder with model.json")
-    model.update(name=name, version="0.0.1",
-                 description=f"Student distilled without data from {meta.name} {meta.version} (model inversion).",
-                 network={"name": options.student_network, "kwargs": dict(options.student_kwargs)})
-    model["provenance"] = {
-        "training_data": "none (data-free): inputs synthesised by inverting the teacher; no image was read",
-        "method": "data-free distillation (model inversion with a gland shape prior, meta-learned start, "
-                  f"KL(T={options.temperature:g}) + CE to the teacher's labels)",
-        "teachers": [{"name": meta.name, "version": meta.version, "path": str(bundle.path)}],
-        "validation_dice": None, "validation": "none: no data",
-        "date": _dt.date.today().isoformat(), "epochs_trained": options.epochs,
-        "software_version": f"prostatekd {__version__}",
-        "parameters": sum(p.numel() for p in student.parameters()),
-        "final_agreement_with_teacher": history[-1]["agreement"],
-    }
-    save_bundle(out / "bundle", model, student.state_dict())
-    return out
+    return fit(DataFreeMethod(bundle, options, name), out, resume=resume, progress=progress)
+
+
+class DataFreeMethod(Method):
+    """Data-free distillation for :func:`training.engine.fit`: batches are synthesised, the student learns them."""
+
+    command = "distill-data-free"
+    activity = "data-free distillation"
+    log_columns = ("epoch", "synthesis_ce", "kd_loss", "agreement", "seconds")
+
+    def __init__(self, bundle: Any, options: DataFreeOptions, name: str) -> None:
+        self.bundle, self.options, self.name = bundle, options, name
+        self.epochs, self.seed, self.device, self.amp = options.epochs, options.seed, options.device, options.amp
+        self.num_threads, self.learning_rate = options.num_threads, options.learning_rate
+        self.steps_per_epoch = options.batches_per_epoch
+        self.record = {**asdict(options), "teacher": str(bundle.path)}
+
+    def check_resumable(self, checkpoint: Any) -> None:
+        from .run_folder import check_resumable_options
+
+        saved = json.loads(json.dumps(checkpoint.get("options", {}), default=list))
+        current = json.loads(json.dumps(self.record, default=list))
+        check_resumable_options(saved, current, ("epochs", "device", "num_threads"), "data-free",
+                                "data-free distillation")
+
+    def build(self, run: Run) -> None:
+        import torch
+
+        from ProstateKDLib.networks import build_network
+        from training.losses import SoftmaxKLDivLoss
+
+        options, meta, device = self.options, self.bundle.meta, run.device
+        self.run = run
+        self.student = build_network(options.student_network, {"in_channels": 1, "out_channels": meta.num_classes,
+                                                               **dict(options.student_kwargs)}).to(device)
+        self.teacher = self.bundle.build_network().to(device).eval().requires_grad_(False)
+        self.patch = tuple(int(p) for p in meta.patch_size)
+        self.generator = torch.Generator().manual_seed(options.seed)
+        self.init = torch.zeros(1, 1, *self.patch, device=device)  # the meta-learned start of every synthesis
+        self.kl = SoftmaxKLDivLoss(options.temperature)
+        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=options.learning_rate)
+
+    def networks(self) -> dict[str, Any]:
+        return {"model": self.student}
+
+    def optimizers(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"options": json.loads(json.dumps(self.record, default=list)), "init": self.init.cpu(),
+                "synthesis_rng": self.generator.get_state()}
+
+    def load_extra_state(self, checkpoint: Any) -> None:
+        self.init = checkpoint["init"].to(self.run.device)
+        self.generator.set_state(checkpoint["synthesis_rng"])
+
+    def write_records(self, run_dir: Path) -> None:
+        (run_dir / "options.json").write_text(json.dumps(self.record, indent=1, default=list))
+
+    def run_info(self, run: Run) -> dict[str, Any]:
+        meta = self.bundle.meta
+        return {"method": "data_free", "options": json.loads(json.dumps(self.record, default=list)),
+                "teacher": {"name": meta.name, "version": meta.version, "path": str(self.bundle.path)},
+                "seeds": {"seed": self.options.seed}, "parameters": sum(p.numel() for p in self.student.parameters()),
+                "data": None}
+
+    def batches(self, epoch: int) -> Iterator[dict[str, Any]]:
+        """Synthesised batches: prior labels, inputs inverted from the teacher, the teacher's answer."""
+        import torch
+
+        options, device = self.options, self.run.device
+        for _ in range(options.batches_per_epoch):
+            labels = prior_labels(options.batch_size, self.patch, options.axis_range, self.generator).to(device)
+            start = self.init + torch.randn(options.batch_size, 1, *self.patch, generator=self.generator).to(device)
+            x, ce = synthesize(self.teacher, labels, start, options)
+            self.init += options.meta_lr * (x.mean(0, keepdim=True) - self.init)  # Reptile step of the shared start
+            with torch.no_grad():
+                target = self.teacher(x)
+            yield {"image": x, "target": target, "synthesis_ce": ce}
+
+    def start_epoch(self, epoch: int) -> dict[str, Any]:
+        self.student.train()
+        return {}
+
+    def step(self, batch: dict[str, Any], step: int) -> tuple[Any, dict[str, Any]]:
+        import torch.nn.functional as F
+
+        target = batch["target"]
+        logits = self.student(batch["image"])
+        loss = self.kl(logits, target) + F.cross_entropy(logits, target.argmax(1))
+        agreement = (logits.argmax(1) == target.argmax(1)).float().mean()
+        return loss, {"synthesis_ce": batch["synthesis_ce"], "kd_loss": loss.detach(), "agreement": agreement}
+
+    def epoch_line(self, epoch: int, row: Any) -> str:
+        return (f"epoch {epoch}/{self.epochs}: synthesis CE {row['synthesis_ce']:.3f}, "
+                f"KD loss {row['kd_loss']:.3f}, agreement {row['agreement']:.3f}")
+
+    def export(self, run: Run) -> None:
+        from ProstateKDLib import __version__
+        from ProstateKDLib.bundle import save_bundle
+
+        options, meta, history = self.options, self.bundle.meta, run.state["history"]
+        model = json.loads((Path(self.bundle.path) / "model.json").read_text())
+        model.update(name=self.name, version="0.0.1",
+                     description=f"Student distilled without data from {meta.name} {meta.version} (model inversion).",
+                     network={"name": options.student_network, "kwargs": dict(options.student_kwargs)})
+        model["provenance"] = {
+            "training_data": "none (data-free): inputs synthesised by inverting the teacher; no image was read",
+            "method": "data-free distillation (model inversion with a gland shape prior, meta-learned start, "
+                      f"KL(T={options.temperature:g}) + CE to the teacher's labels)",
+            "teachers": [{"name": meta.name, "version": meta.version, "path": str(self.bundle.path)}],
+            "validation_dice": None, "validation": "none: no data",
+            "date": _dt.date.today().isoformat(), "epochs_trained": run.state["epoch"],
+            "software_version": f"prostatekd {__version__}",
+            "parameters": sum(p.numel() for p in self.student.parameters()),
+            "final_agreement_with_teacher": history[-1]["agreement"],
+        }
+        save_bundle(run.run_dir / "bundle", model, self.student.state_dict(), overwrite=True)

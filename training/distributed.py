@@ -120,11 +120,39 @@ class TrainStep(torch.nn.Module):
         return self.distiller.forward_train(image, label)
 
 
+BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
+def sync_batch_norm(distiller: torch.nn.Module, device: torch.device) -> None:
+    """Turn the batch norms of the student and the adapters (not the frozen teachers) into SyncBatchNorm.
+
+    Raises:
+        ConfigError: batch norm on a device SyncBatchNorm cannot run on (it needs CUDA).
+    """
+    from ProstateKDLib.errors import ConfigError
+
+    trained = [(name, child) for name, child in distiller.named_children() if name != "teachers"]
+    if not any(isinstance(m, BATCH_NORMS) for _, child in trained for m in child.modules()):
+        return
+    if device.type != "cuda":
+        raise ConfigError(
+            f"batch-norm networks train under torchrun only on CUDA (SyncBatchNorm keeps their statistics equal "
+            f"across processes), not on {device.type}; use instance norm (model.kwargs norm: instance) or one process"
+        )
+    for name, child in trained:
+        setattr(distiller, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+
+
 def wrap_ddp(distiller: torch.nn.Module, ctx: DistContext, device: torch.device) -> Any:
-    """A callable ``(image, label) -> (logits, terms)``: DDP-wrapped when distributed."""
+    """A callable ``(image, label) -> (logits, terms)``: DDP-wrapped when distributed.
+
+    Batch norms of the student and adapters become SyncBatchNorm (:func:`sync_batch_norm`).
+    """
     if not ctx.enabled:
         return distiller.forward_train
     import warnings
+
+    sync_batch_norm(distiller, device)
 
     from torch.nn.parallel import DistributedDataParallel
 

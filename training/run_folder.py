@@ -1,4 +1,4 @@
-"""What every resumable training driver (train, adapt, coteach) does with its output folder.
+"""What every resumable training run does with its output folder (the engine, run sequences).
 
 One implementation of: the new-or-resumable folder check, the options-differ-on-resume check,
 and the atomic ``log.csv`` rewrite after each epoch.
@@ -33,6 +33,17 @@ def check_output_folder(folder: Path, resume: bool, noun: str = "output folder",
         raise OutputError(
             f"{noun} {folder} is not empty; use --resume to continue the {activity} in it, or choose a new folder"
         )
+
+
+def run_state(run_dir: Path) -> str:
+    """``done`` (exported ``bundle/``), ``started`` (a checkpoint to resume) or ``new``: a step of a run sequence."""
+    from .checkpoint import LAST
+
+    if (run_dir / "bundle" / "model.json").is_file():
+        return "done"
+    if (run_dir / LAST).is_file():
+        return "started"
+    return "new"
 
 
 def check_resumable_options(

@@ -30,6 +30,7 @@ from typing import Any
 from ProstateKDLib.errors import ConfigError, OutputError
 
 from .config import Config, config_from_dict, load_config
+from .run_folder import run_state
 
 GENERATIONS_JSON = "generations.json"
 METHOD = "self_distill"
@@ -66,14 +67,6 @@ def generation_config(config: Config, generation: int, teacher: Path | None) -> 
         f"Born-again generation {generation}, self-distilled from generation {generation - 1}.")
     data["export"]["description"] = f"{config.export.description} {note}".strip()
     return config_from_dict(data, config.source)
-
-
-def _state(run_dir: Path) -> str:
-    if (run_dir / "bundle" / "model.json").is_file():
-        return "done"
-    if (run_dir / "checkpoint_last.pt").is_file():
-        return "started"
-    return "new"
 
 
 def train_generations(
@@ -118,7 +111,7 @@ def train_generations(
     teacher: Path | None = None
     for generation in range(1, generations + 1):
         run_dir = out_dir / f"gen{generation}"
-        state = _state(run_dir)
+        state = run_state(run_dir)
         if state != "done":
             if progress:
                 source = "no teacher" if teacher is None else f"teacher {teacher}"

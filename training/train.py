@@ -31,76 +31,19 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from ProstateKDLib.errors import ConfigError, DataError, OutputError
+from ProstateKDLib.errors import ConfigError, DataError
 
 from .config import Config, load_config, write_config
+from .engine import Method, Run, fit, learning_rate  # learning_rate: the schedule, re-exported for callers
+
+__all__ = ["DistillMethod", "learning_rate", "nanmean", "train", "validate"]
 
 INFERENCE_OVERLAP = 0.25  # also written to model.json on export
 BLEND_MODE = "gaussian"
 VAL_SW_BATCH_SIZE = 2
-POLY_EXPONENT = 0.9
-CHECKPOINT_FORMAT = 1
-
-
-def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    """OutputError unless ``run_dir`` can take a new run (or holds one to resume); writes nothing."""
-    from .run_folder import check_output_folder
-
-    check_output_folder(run_dir, resume, noun="run folder", activity="run")
-
-
-def _check_resumable(config: Config, saved: dict[str, Any]) -> None:
-    """ConfigError when ``config`` differs from the resumed run's beyond epochs/device/threads."""
-    current = config.to_dict()
-    free = {("train", "epochs"), ("train", "device"), ("train", "num_threads")}
-    for section in sorted(set(saved) | set(current)):
-        then, now_section = saved.get(section), current.get(section)
-        if not isinstance(then, dict) or not isinstance(now_section, dict):
-            if then != now_section:
-                raise ConfigError(
-                    f"config {config.source}: key '{section}' differs from the run being resumed "
-                    f"({then!r} there, {now_section!r} here)"
-                )
-            continue
-        for key in list(then) + [k for k in now_section if k not in then]:
-            if (section, key) in free:
-                continue
-            value, now = then.get(key), now_section.get(key)
-            if now != value:
-                raise ConfigError(
-                    f"config {config.source}: key '{section}.{key}' differs from the run being resumed "
-                    f"({value!r} there, {now!r} here)"
-                )
-
-
-def learning_rate(
-    base: float, schedule: str, step: int, total_steps: int, warmup_steps: int = 0,
-    anchor: dict[str, float] | None = None,
-) -> float:
-    """Learning rate at optimizer ``step`` (0-based) of ``total_steps``: ``poly`` or ``constant``.
-
-    The first ``warmup_steps`` ramp linearly up to ``base``. ``anchor``
-    (``{"step": s0, "lr": lr0}``) is set when a run is resumed with a different
-    length (``--resume --epochs N``): from ``s0`` on the poly curve decays from
-    ``lr0``, the rate the run had reached, to 0 at the new end, so the rate never jumps.
-    """
-    if step < warmup_steps:
-        return base * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return base
-    if anchor is not None and step >= anchor["step"]:
-        remaining = max(1, total_steps - int(anchor["step"]))
-        return float(anchor["lr"]) * max(0.0, 1.0 - (step - anchor["step"]) / remaining) ** POLY_EXPONENT
-    decay = max(1, total_steps - warmup_steps)
-    return base * max(0.0, 1.0 - (step - warmup_steps) / decay) ** POLY_EXPONENT
-
-
-def _write_log(run_dir: Path, history: Sequence[dict[str, Any]], terms: Sequence[str]) -> None:
-    from .run_folder import write_log_csv
-
-    write_log_csv(run_dir, history, ["epoch", "loss", *terms, "val_dice", "lr", "seconds"])  # terms, then stats
+FREE_KEYS = {("train", "epochs"), ("train", "device"), ("train", "num_threads")}  # may change on resume
 
 
 def _load_volumes(
@@ -177,42 +120,34 @@ def validate(
 
 
 def nanmean(values: Sequence[float]) -> float | None:
+    """Mean of the values that are not NaN (None when there are none)."""
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else None
 
 
-def train(
-    config: Config | str | os.PathLike, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True
-) -> Path:
-    """Train the configured network (distilled from the config's teachers) into ``run_dir``.
 
-    Args:
-        config: a validated :class:`~training.config.Config`, or the path of a YAML config.
-        run_dir: new or empty folder (created), or the folder of a run to resume.
-        resume: continue from ``checkpoint_last.pt`` (up to ``config.train.epochs``).
-        progress: show tqdm bars and one line per epoch (rank 0 only under torchrun).
 
-    Returns:
-        the run folder.
-
-    Raises:
-        OutputError: ``run folder <dir> is not empty; use --resume ...`` or nothing to resume.
-        ConfigError: the network or distiller cannot be built, a teacher is missing or on
-            another grid, or a resumed run's config differs.
-        DataError: no training cases, or a case is malformed.
-        DeviceError: the configured device is not available.
-    """
-    from ProstateKDLib.device import resolve_device
-
-    from .distributed import init_distributed, shutdown
-
-    if not isinstance(config, Config):
-        config = load_config(config)
-    ctx, device = init_distributed(resolve_device(config.train.device))
-    try:
-        return _train(config, Path(run_dir).expanduser(), resume, progress, ctx, device)
-    finally:
-        shutdown(ctx)
+def check_resumable(config: Config, saved: dict[str, Any]) -> None:
+    """ConfigError when ``config`` differs from the resumed run's beyond epochs/device/threads."""
+    current = config.to_dict()
+    for section in sorted(set(saved) | set(current)):
+        then, now_section = saved.get(section), current.get(section)
+        if not isinstance(then, dict) or not isinstance(now_section, dict):
+            if then != now_section:
+                raise ConfigError(
+                    f"config {config.source}: key '{section}' differs from the run being resumed "
+                    f"({then!r} there, {now_section!r} here)"
+                )
+            continue
+        for key in list(then) + [k for k in now_section if k not in then]:
+            if (section, key) in FREE_KEYS:
+                continue
+            value, now = then.get(key), now_section.get(key)
+            if now != value:
+                raise ConfigError(
+                    f"config {config.source}: key '{section}.{key}' differs from the run being resumed "
+                    f"({value!r} there, {now!r} here)"
+                )
 
 
 def _build(config: Config, teachers: Sequence[Any], device: Any) -> Any:
@@ -237,185 +172,190 @@ def _build(config: Config, teachers: Sequence[Any], device: Any) -> Any:
     return distiller.to(device)
 
 
-def _train(config: Config, run_dir: Path, resume: bool, progress: bool, ctx: Any, device: Any) -> Path:
-    import torch
-    from tqdm.auto import tqdm
+class DistillMethod(Method):
+    """Supervised training and distillation with the config's distiller (``none``: no teacher).
 
-    from ProstateKDLib.networks import count_parameters
+    Each batch's extra keys (``case_index``, and whatever else the patch sampler yields
+    per sample) are set on the distiller as ``batch_<key>`` before ``forward_train``
+    (:meth:`set_batch`); amal reads ``batch_case_index``.
+    """
 
-    from .cases import describe_subset, select_cases, unlabelled_cases
-    from .checkpoint import BEST, LAST, atomic_save, capture_rng, load_checkpoint, restore_rng, seed_everything
-    from .distributed import all_reduce_mean, barrier, gather_objects, wrap_ddp
-    from .runinfo import machine_info, start_session
-    from .sampling import PatchSampler
-    from .tblog import open_tensorboard, write_scalars
-    from .teachers import load_teachers
+    command = "train"
+    noun = "run folder"
+    activity = "run"
+    supports_ddp = True
 
-    main = ctx.is_main
-    progress = progress and main
-    _check_run_dir(run_dir, resume)
-    train_cases, val_cases = select_cases(config)  # a leaking index is refused before anything is written
-    extra_cases = unlabelled_cases(config)
-    _check_cached_inputs(config, train_cases, extra_cases)
-    checkpoint = load_checkpoint(run_dir / LAST) if resume else None
-    if checkpoint is not None:
-        _check_resumable(config, checkpoint.get("config", {}))
-    barrier(ctx)  # every rank has checked the folder before rank 0 writes into it
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_t = config.train
-    if cfg_t.num_threads:
-        torch.set_num_threads(cfg_t.num_threads)
-    use_amp = cfg_t.amp and device.type == "cuda"
+    def __init__(self, config: Config) -> None:
+        from .cases import select_cases, unlabelled_cases
+        from .teachers import load_teachers
 
-    teachers = load_teachers(config)
-    seed_everything(cfg_t.seed)
-    distiller = _build(config, teachers, device)
-    externals = [t.external for t in teachers if t.external is not None]
-    params = distiller.trainable_parameters()
-    optimizer_cls = torch.optim.AdamW if cfg_t.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_cls(params, lr=cfg_t.learning_rate, weight_decay=cfg_t.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    step_fn = wrap_ddp(distiller, ctx, device)
+        self.config = config
+        t = config.train
+        self.epochs, self.seed, self.device, self.amp, self.num_threads = t.epochs, t.seed, t.device, t.amp, t.num_threads
+        self.learning_rate, self.lr_schedule, self.warmup_steps = t.learning_rate, t.lr_schedule, t.warmup_steps
+        self.grad_clip, self.patches_per_volume, self.batch_size = t.grad_clip, t.patches_per_volume, t.batch_size
+        self.train_cases, self.val_cases = select_cases(config)  # a leaking index is refused before anything is written
+        self.extra_cases = unlabelled_cases(config)  # data.unlabelled: images without masks
+        _check_cached_inputs(config, self.train_cases, self.extra_cases)
+        self.teachers = load_teachers(config)
+        self.teacher_info = [teacher.describe() for teacher in self.teachers]
+        self.best_dice: float | None = None
+        self.best_epoch: int | None = None
 
-    train_volumes = _load_volumes([*train_cases, *extra_cases], config, "training cases", progress, externals)
-    wants_val = main or distiller.needs_validation_data
-    val_volumes = _load_volumes(val_cases, config, "validation cases", progress) if wants_val else []
-    sampler = PatchSampler(train_volumes, config.preprocessing.patch_size, cfg_t.positive_fraction,
-                           seed=[cfg_t.seed, 1], rank=ctx.rank, world_size=ctx.world_size,
-                           augmentation=config.augmentation,
-                           labelled=[True] * len(train_cases) + [False] * len(extra_cases))
-    steps_per_epoch = sampler.iterations(cfg_t.patches_per_volume, cfg_t.batch_size)
-    total_steps = steps_per_epoch * cfg_t.epochs
+    def check_resumable(self, checkpoint: Mapping[str, Any]) -> None:
+        check_resumable(self.config, checkpoint.get("config", {}))
 
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_dice": None, "best_epoch": None, "history": [],
-                             "lr_anchor": None}
-    if checkpoint is not None:
-        distiller.student.load_state_dict(checkpoint["model"])
-        distiller.load_learned_state_dict(checkpoint.get("distiller", {}))
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if use_amp and checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        per_rank = len(checkpoint.get("sampler_ranks") or []) == ctx.world_size > 1
-        sampler.load_state_dict(checkpoint["sampler_ranks"][ctx.rank] if per_rank else checkpoint["sampler"])
-        restore_rng(checkpoint["rng_ranks"][ctx.rank] if per_rank else checkpoint["rng"])
-        state = {k: checkpoint.get(k) for k in state}
-        saved_epochs = int(checkpoint.get("config", {}).get("train", {}).get("epochs", cfg_t.epochs))
-        if saved_epochs != cfg_t.epochs and cfg_t.lr_schedule != "constant" and state["step"] > 0:
-            # the run is extended (or shortened): continue the decay from the rate reached so far
-            last = state["step"] - 1
-            then = learning_rate(cfg_t.learning_rate, cfg_t.lr_schedule, last, steps_per_epoch * saved_epochs,
-                                 cfg_t.warmup_steps, state["lr_anchor"])
-            state["lr_anchor"] = {"step": state["step"], "lr": then}
-    from training.distillers import TrainingContext
+    def build(self, run: Run) -> None:
+        import torch
 
-    distiller.prepare(TrainingContext(
-        val_volumes=val_volumes, patch_size=tuple(config.preprocessing.patch_size), batch_size=cfg_t.batch_size,
-        epochs=cfg_t.epochs, device=device, seed=cfg_t.seed, resumed=checkpoint is not None,
-        train_case_ids=[c.case_id for c in train_cases], train_sites=[c.site for c in [*train_cases, *extra_cases]],
-        val_sites=[c.site for c in val_cases] if wants_val else []))
-    val_volumes = val_volumes if main else []
-    terms = list(distiller.loss_names)
-    columns = terms + distiller.stat_names()
-    teacher_info = [t.describe() for t in teachers]
-    writer, tb_info = open_tensorboard(run_dir) if main else (None, {})
-    if main:
-        write_config(config, run_dir / "config.yaml")
-        start_session(
-            run_dir,
-            {
-                "seeds": {"train": cfg_t.seed, "data_split": config.data.seed, "sampler": [cfg_t.seed, 1]},
-                "machine": machine_info(device),
-                "parameters": count_parameters(distiller.student),
-                "data": {"root": config.data.root, "subset": describe_subset(config.data),
-                         "train_cases": [c.case_id for c in train_cases],
-                         "val_cases": [c.case_id for c in val_cases],
-                         **({"unlabelled": config.data.unlabelled,
-                             "unlabelled_cases": [c.case_id for c in extra_cases]} if extra_cases else {})},
-                "method": distiller.describe(),
-                "adapter_parameters": sum(p.numel() for _, p in distiller.named_learned_parameters()),
-                "teachers": teacher_info,
-                "tensorboard": tb_info,
-                "distributed": ctx.describe(),
-                "amp": use_amp,
-            },
-            resumed_from=state["epoch"] if checkpoint is not None else None,
-        )
-        _write_log(run_dir, state["history"], columns)
+        from .distributed import wrap_ddp
+        from .sampling import PatchSampler
 
-    for epoch in range(state["epoch"] + 1, cfg_t.epochs + 1):
-        started = time.perf_counter()
-        distiller.train()
-        distiller.start_epoch(epoch, cfg_t.epochs)
-        keys = ["loss", *columns]
-        sums = {name: 0.0 for name in keys}
-        bar = tqdm(sampler.batches(cfg_t.patches_per_volume, cfg_t.batch_size), total=steps_per_epoch,
-                   desc=f"epoch {epoch}/{cfg_t.epochs}", unit="batch", disable=not progress, leave=False,
-                   mininterval=1.0)
-        lr = cfg_t.learning_rate
-        for batch in bar:
-            image, label = batch["image"], batch["label"]
-            maps = batch.get("teacher")
-            distiller.teacher_maps = None if maps is None else maps.to(device)  # cached (external) teachers
-            distiller.batch_labelled = batch["labelled"] if extra_cases else None  # label terms skip unlabelled
-            lr = learning_rate(cfg_t.learning_rate, cfg_t.lr_schedule, state["step"], total_steps,
-                               cfg_t.warmup_steps, state["lr_anchor"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            distiller.batch_case_index = torch.as_tensor(sampler.last_indices)  # per-instance methods (amal)
-            with torch.autocast(device.type, enabled=use_amp):
-                _, losses = step_fn(image.to(device), label.to(device))
-                loss = distiller.total_loss(losses)
-            scaler.scale(loss).backward()
-            if cfg_t.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg_t.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            state["step"] += 1
-            sums["loss"] += float(loss.detach())
-            for name in terms:
-                sums[name] += float(losses[name].detach())
-            for name in columns[len(terms):]:
-                sums[name] += float(distiller.stats[name])
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        bar.close()
-        means = all_reduce_mean(ctx, [sums[k] / steps_per_epoch for k in keys], device)
-        row: dict[str, Any] = {"epoch": epoch, **dict(zip(keys, means)), "lr": lr}
-        per_case = validate(distiller.student, val_volumes, config.preprocessing.patch_size, device, use_amp,
-                            input_fn=distiller.student_input, overlap=cfg_t.val_overlap)
-        row["val_dice"] = nanmean(per_case)
-        row["val_case_dice"] = {c.case_id: d for c, d in zip(val_cases, per_case)}
-        row["seconds"] = time.perf_counter() - started
-        state["history"].append(row)
-        state["epoch"] = epoch
-        sampler_states = gather_objects(ctx, sampler.state_dict())
-        rng_states = gather_objects(ctx, capture_rng())
-        if main:
-            improved = state["best_dice"] is None or (
-                row["val_dice"] is not None and row["val_dice"] > state["best_dice"]
-            )
-            if not val_volumes or improved:
-                state["best_dice"], state["best_epoch"] = row["val_dice"], epoch
-                atomic_save({"format": CHECKPOINT_FORMAT, "epoch": epoch, "val_dice": row["val_dice"],
-                             "model": distiller.student.state_dict(), "config": config.to_dict()}, run_dir / BEST)
-            saved: dict[str, Any] = {
-                "format": CHECKPOINT_FORMAT, **state, "config": config.to_dict(),
-                "model": distiller.student.state_dict(), "distiller": distiller.learned_state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if use_amp else {},
-                "sampler": sampler_states[0], "rng": rng_states[0], "teachers": teacher_info,
-            }
-            if ctx.enabled:
-                saved.update(sampler_ranks=sampler_states, rng_ranks=rng_states, world_size=ctx.world_size)
-            atomic_save(saved, run_dir / LAST)
-            _write_log(run_dir, state["history"], columns)
-            write_scalars(writer, row, epoch)
-        barrier(ctx)
-        if progress:
-            dice = "n/a" if row["val_dice"] is None else f"{row['val_dice']:.4f}"
-            parts = " ".join(f"{k} {row[k]:.4f}" for k in keys)
-            tqdm.write(f"epoch {epoch}/{cfg_t.epochs}: {parts} val_dice {dice} ({row['seconds']:.1f} s)")
-    if writer is not None:
-        writer.close()
-    return run_dir
+        config, cfg_t, ctx = self.config, self.config.train, run.ctx
+        self.run = run
+        self.distiller = _build(config, self.teachers, run.device)
+        self.params = self.distiller.trainable_parameters()
+        optimizer_cls = torch.optim.AdamW if cfg_t.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer_cls(self.params, lr=cfg_t.learning_rate, weight_decay=cfg_t.weight_decay)
+        self.step_fn = wrap_ddp(self.distiller, ctx, run.device)
+        externals = [t.external for t in self.teachers if t.external is not None]
+        self.train_volumes = _load_volumes([*self.train_cases, *self.extra_cases], config, "training cases",
+                                           run.progress, externals)
+        wants_val = run.is_main or self.distiller.needs_validation_data
+        self.val_volumes = _load_volumes(self.val_cases, config, "validation cases", run.progress) if wants_val else []
+        self.sampler = PatchSampler(self.train_volumes, config.preprocessing.patch_size, cfg_t.positive_fraction,
+                                    seed=[cfg_t.seed, 1], rank=ctx.rank, world_size=ctx.world_size,
+                                    augmentation=config.augmentation,
+                                    labelled=[True] * len(self.train_cases) + [False] * len(self.extra_cases))
+        self.steps_per_epoch = self.sampler.iterations(cfg_t.patches_per_volume, cfg_t.batch_size)
+        self.terms = list(self.distiller.loss_names)
+
+    def networks(self) -> dict[str, Any]:
+        return {"model": self.distiller.student}
+
+    def optimizers(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer}
+
+    def clip_parameters(self) -> list[Any]:
+        return self.params
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"best_dice": self.best_dice, "best_epoch": self.best_epoch, "config": self.config.to_dict(),
+                "distiller": self.distiller.learned_state_dict(), "teachers": self.teacher_info}
+
+    def load_extra_state(self, checkpoint: Mapping[str, Any]) -> None:
+        self.distiller.load_learned_state_dict(checkpoint.get("distiller", {}))
+        self.best_dice, self.best_epoch = checkpoint.get("best_dice"), checkpoint.get("best_epoch")
+
+    def prepare(self, run: Run, resumed: bool) -> None:
+        from training.distillers import TrainingContext
+
+        config, cfg_t = self.config, self.config.train
+        self.distiller.prepare(TrainingContext(
+            val_volumes=self.val_volumes, patch_size=tuple(config.preprocessing.patch_size),
+            batch_size=cfg_t.batch_size, epochs=cfg_t.epochs, device=run.device, seed=cfg_t.seed, resumed=resumed,
+            train_case_ids=[c.case_id for c in self.train_cases],
+            train_sites=[c.site for c in [*self.train_cases, *self.extra_cases]],
+            val_sites=[c.site for c in self.val_cases] if self.val_volumes else []))
+        self.val_volumes = self.val_volumes if run.is_main else []
+        self.columns = self.terms + self.distiller.stat_names()
+        self.log_columns = ["epoch", "loss", *self.columns, "val_dice", "lr", "seconds"]  # terms, then stats
+
+    def write_records(self, run_dir: Path) -> None:
+        write_config(self.config, run_dir / "config.yaml")
+
+    def run_info(self, run: Run) -> dict[str, Any]:
+        from ProstateKDLib.networks import count_parameters
+
+        from .cases import describe_subset
+
+        config, cfg_t, distiller = self.config, self.config.train, self.distiller
+        return {
+            "seeds": {"train": cfg_t.seed, "data_split": config.data.seed, "sampler": [cfg_t.seed, 1]},
+            "parameters": count_parameters(distiller.student),
+            "data": {"root": config.data.root, "subset": describe_subset(config.data),
+                     "train_cases": [c.case_id for c in self.train_cases],
+                     "val_cases": [c.case_id for c in self.val_cases],
+                     **({"unlabelled": config.data.unlabelled,
+                         "unlabelled_cases": [c.case_id for c in self.extra_cases]} if self.extra_cases else {})},
+            "method": distiller.describe(),
+            "adapter_parameters": sum(p.numel() for _, p in distiller.named_learned_parameters()),
+            "teachers": self.teacher_info,
+        }
+
+    def start_epoch(self, epoch: int) -> dict[str, Any]:
+        self.distiller.train()
+        self.distiller.start_epoch(epoch, self.epochs)
+        return {}
+
+    def set_batch(self, batch: Mapping[str, Any]) -> None:
+        """Hand the batch's per-sample extras to the distiller: ``batch_<key>`` for every key but image, label."""
+        for key, value in batch.items():
+            if key not in ("image", "label"):
+                setattr(self.distiller, f"batch_{key}", value)
+
+    def batches(self, epoch: int) -> Any:
+        """The sampler's dict batches: image, label, labelled and (cached teachers) teacher maps."""
+        from .engine import patch_batch
+
+        for item in self.sampler.batches(self.patches_per_volume, self.batch_size):
+            yield patch_batch(item, self.sampler)
+
+    def step(self, batch: dict[str, Any], step: int) -> tuple[Any, dict[str, Any]]:
+        device = self.run.device
+        self.set_batch(batch)  # per-instance methods (amal): batch_case_index; label terms: batch_labelled
+        maps = batch.get("teacher")
+        self.distiller.teacher_maps = None if maps is None else maps.to(device)  # cached (external) teachers
+        _, losses = self.step_fn(batch["image"].to(device), batch["label"].to(device))
+        loss = self.distiller.total_loss(losses)
+        values: dict[str, Any] = {"loss": loss.detach(), **{name: losses[name].detach() for name in self.terms}}
+        values.update({name: self.distiller.stats[name] for name in self.columns[len(self.terms):]})
+        return loss, values
+
+    def validate(self, epoch: int) -> dict[str, Any]:
+        config, run = self.config, self.run
+        per_case = validate(self.distiller.student, self.val_volumes, config.preprocessing.patch_size, run.device,
+                            run.amp, input_fn=self.distiller.student_input, overlap=config.train.val_overlap)
+        return {"val_dice": nanmean(per_case), "val_case_dice": {c.case_id: d for c, d in zip(self.val_cases, per_case)}}
+
+    def end_epoch(self, row: dict[str, Any], run: Run) -> None:
+        from .checkpoint import BEST, atomic_save
+        from .engine import CHECKPOINT_FORMAT
+
+        improved = self.best_dice is None or (row["val_dice"] is not None and row["val_dice"] > self.best_dice)
+        if not self.val_volumes or improved:
+            self.best_dice, self.best_epoch = row["val_dice"], row["epoch"]
+            atomic_save({"format": CHECKPOINT_FORMAT, "epoch": row["epoch"], "val_dice": row["val_dice"],
+                         "model": self.distiller.student.state_dict(), "config": self.config.to_dict()},
+                        run.run_dir / BEST)
+
+    def epoch_line(self, epoch: int, row: Mapping[str, Any]) -> str:
+        dice = "n/a" if row["val_dice"] is None else f"{row['val_dice']:.4f}"
+        parts = " ".join(f"{k} {row[k]:.4f}" for k in ["loss", *self.columns])
+        return f"epoch {epoch}/{self.epochs}: {parts} val_dice {dice} ({row['seconds']:.1f} s)"
+
+
+def train(
+    config: Config | str | os.PathLike, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True
+) -> Path:
+    """Train the configured network (distilled from the config's teachers) into ``run_dir``.
+
+    Args:
+        config: a validated :class:`~training.config.Config`, or the path of a YAML config.
+        run_dir: new or empty folder (created), or the folder of a run to resume.
+        resume: continue from ``checkpoint_last.pt`` (up to ``config.train.epochs``).
+        progress: show tqdm bars and one line per epoch (rank 0 only under torchrun).
+
+    Returns:
+        the run folder.
+
+    Raises:
+        OutputError: ``run folder <dir> is not empty; use --resume ...`` or nothing to resume.
+        ConfigError: the network or distiller cannot be built, a teacher is missing or on
+            another grid, or a resumed run's config differs.
+        DataError: no training cases, or a case is malformed.
+        DeviceError: the configured device is not available.
+    """
+    if not isinstance(config, Config):
+        config = load_config(config)
+    return fit(DistillMethod(config), run_dir, resume=resume, progress=progress)

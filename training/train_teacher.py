@@ -30,6 +30,7 @@ from typing import Any
 from ProstateKDLib.errors import ConfigError, OutputError
 
 from .config import TEACHERS_JSON, Config, config_from_dict, load_config, write_config
+from .run_folder import run_state
 
 SUBSET_MODES = "all, per-site or random:K"
 
@@ -91,14 +92,6 @@ def subset_config(config: Config, subset: Subset, num_threads: int | None = None
     if num_threads is not None and data["train"].get("num_threads") is None:
         data["train"]["num_threads"] = num_threads
     return config_from_dict(data, config.source)
-
-
-def _run_state(run_dir: Path) -> str:
-    if (run_dir / "bundle" / "model.json").is_file():
-        return "done"
-    if (run_dir / "checkpoint_last.pt").is_file():
-        return "started"
-    return "new"
 
 
 def _command(config_path: Path, run_dir: Path, resume: bool) -> list[str]:
@@ -178,7 +171,7 @@ def train_teachers(
         sub_config = subset_config(config, subset, threads)
         config_path = out_dir / "configs" / f"{subset.name}.yaml"
         write_config(sub_config, config_path)
-        state = _run_state(out_dir / subset.name)
+        state = run_state(out_dir / subset.name)
         if state != "done":
             todo.append((subset.name, config_path, out_dir / subset.name, state == "started"))
     if jobs == 1 or len(todo) <= 1:

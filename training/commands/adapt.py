@@ -41,6 +41,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     parser.add_argument("--no-evaluate", action="store_true",
                         help="skip the before/after evaluation on the target site's labels")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, ema_decay=args.ema_decay, consistency_weight=args.consistency_weight,
         rampup_epochs=args.rampup_epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
         patches_per_volume=args.patches_per_volume, seed=args.seed, device=args.device, num_threads=args.threads,
+        amp=args.amp,
     )
     out = adapt(args.bundle, args.data, args.target_site, args.out, options, resume=args.resume,
                 progress=not args.quiet)

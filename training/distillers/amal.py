@@ -26,7 +26,9 @@ Options: ``temperature`` (T, 2), ``lookahead_lr`` (α, 0.1), ``meta_lr`` (0.1),
 ``meta_every`` (a look-ahead every k steps, 1). The ``a_i`` are a buffer
 (saved with the checkpoint); the training loop says which case every sample
 came from (``batch_case_index``); without it (a batch outside the loop) the
-batch positions are the instances.
+batch positions are the instances. Under ``torchrun`` every rank updates the
+``a_i`` of its own batch and the updates are summed over ranks (all-reduce),
+so every rank holds the same ``λ`` (the one rank 0 saves).
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ from .parts import mean_teacher_logits
 from .base import DISTILLERS, Distiller, Option, TrainingContext
 
 POSITIVE_FRACTION = 2.0 / 3.0  # share of meta patches centred on the gland
+
+
+def distributed() -> bool:
+    """Whether this process is one of several in a torch.distributed process group (torchrun)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and \
+        torch.distributed.get_world_size() > 1
 
 
 def _weight_in_open_unit_interval(value: Any) -> float:
@@ -194,8 +202,14 @@ class AMAL(Distiller):
             outer = per_sample_supervised_loss(meta_logits, meta[1]).mean()
             (grad_a,) = torch.autograd.grad(outer, logits_a)
         rms = grad_a.pow(2).mean().sqrt()
-        if torch.isfinite(rms) and rms > 0:
-            step = self.settings["meta_lr"] * grad_a / rms
+        step = self.settings["meta_lr"] * grad_a / rms if torch.isfinite(rms) and rms > 0 else None
+        if distributed():  # every rank adds every rank's update: λ stays identical on all ranks
+            delta = torch.zeros_like(self.mix_logits)
+            if step is not None:
+                delta.index_add_(0, instances, -step.detach())
+            torch.distributed.all_reduce(delta)
+            self.mix_logits.add_(delta)
+        elif step is not None:
             self.mix_logits.index_add_(0, instances, -step.detach())
         return grad_a.detach()
 
