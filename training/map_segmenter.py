@@ -9,7 +9,6 @@ its largest component and cleans slices).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +23,6 @@ class MapResult:
 
     mask: Any
     warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -57,11 +55,9 @@ class MapSegmenter:
         """
         import SimpleITK as sitk
 
-        start = time.perf_counter()
         prob = self.teacher.read_map(case_id, image)
         mask = sitk.Cast(prob > self.threshold, sitk.sitkUInt8)
-        return MapResult(mask, [f"cached maps of {self.meta.name}, threshold {self.threshold:g}"],
-                         time.perf_counter() - start)
+        return MapResult(mask, [f"cached maps of {self.meta.name}, threshold {self.threshold:g}"])
 
     def segments(self) -> list[Any]:
         """No segment metadata (the masks are written as plain labels)."""

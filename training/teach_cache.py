@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ProstateKDLib.errors import ConfigError
 
@@ -125,9 +125,3 @@ def teach_cache(
             print(line, file=sys.stderr if tty else sys.stdout, flush=True)
     return rows
 
-
-def cached_case_ids(folder: str | os.PathLike, case_ids: Sequence[str]) -> list[str]:
-    """The ids among ``case_ids`` that have a map in ``folder``."""
-    teacher = read_external_teacher(folder)
-    missing = set(teacher.missing(case_ids))
-    return [c for c in case_ids if c not in missing]

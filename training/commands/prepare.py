@@ -5,12 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from .arguments import at_least_one
 
 
 def _natural(text: str) -> int:
@@ -21,7 +16,7 @@ def _natural(text: str) -> int:
 
 
 def _folds(text: str) -> int | str:
-    return text if text == "by-site" else _count(text)
+    return text if text == "by-site" else at_least_one(text)
 
 
 def _fraction(text: str) -> float:

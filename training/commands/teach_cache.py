@@ -5,12 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
-def _threads(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from .arguments import at_least_one
 
 
 def add_parser(subparsers: Any) -> None:
@@ -29,7 +24,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--split", choices=["dev", "all"], default="dev",
                         help="dev: train + validation cases (default); all: also the test split")
     parser.add_argument("--unlabelled", default=None, help="folder of images without masks (<SITE>/<name>.nii.gz)")
-    parser.add_argument("--threads", type=_threads, default=None, help="CPU threads of the teacher")
+    parser.add_argument("--threads", type=at_least_one, default=None, help="CPU threads of the teacher")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=run)
 

@@ -195,10 +195,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from ProstateKDLib.errors import ProstateKDError
+    from training.recipes.recipe_entry import run_recipe
 
-    try:
-        sys.exit(main())
-    except ProstateKDError as exc:
-        print(f"compare_adapt: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    run_recipe(main, "compare_adapt")

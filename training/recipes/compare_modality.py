@@ -157,10 +157,6 @@ def _plot(out: Path, table: list[dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
-    from ProstateKDLib.errors import ProstateKDError
+    from training.recipes.recipe_entry import run_recipe
 
-    try:
-        sys.exit(main())
-    except ProstateKDError as exc:
-        print(f"compare_modality: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    run_recipe(main, "compare_modality")

@@ -197,9 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods or args.seeds < 1:
-        parser.error(f"--methods: unknown {', '.join(unknown) or '(none given)'} (choose from {', '.join(METHODS)}) "
-                     "or --seeds < 1" if unknown or not methods else "--seeds must be at least 1")
+    if unknown or not methods:
+        parser.error(f"--methods: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+    if args.seeds < 1:
+        parser.error(f"--seeds: must be at least 1, got {args.seeds}")
+
+    import numpy as np
 
     from ProstateKDLib.errors import OutputError
     from training.evaluate import evaluate, select_cases
@@ -301,9 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         head = "| left-out centre (cases) | " + " | ".join(LOCO_METHODS) + " |"
         rows_l = [head, "|---|" + "---|" * len(LOCO_METHODS)]
         for centre, per in loco.items():
-            n = sum(c.site == centre for c in select_cases(index=args.index, split="all"))
-            import numpy as np
-
+            n = sum(c.site == centre for c in everything)
             cells = [f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}" for v in per.values()]
             rows_l.append(f"| {centre} ({n}) | " + " | ".join(cells) + " |")
         text += ("\n## Leave one centre out (students trained on the other centres, last epoch, evaluated on every "
@@ -318,10 +319,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from ProstateKDLib.errors import ProstateKDError
+    from training.recipes.recipe_entry import run_recipe
 
-    try:
-        sys.exit(main())
-    except ProstateKDError as exc:
-        print(f"compare_real: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    run_recipe(main, "compare_real")
