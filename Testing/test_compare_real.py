@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,20 +35,43 @@ def test_compare_real_trains_evaluates_and_leaves_one_centre_out(tmp_path, capsy
     student, teacher = tiny_configs(tmp_path)
     out = tmp_path / "cr"
     code = main(["--out", str(out), "--index", str(tmp_path / "index.json"), "--methods", "none,multi_teacher_adaptive",
-                 "--seeds", "2", "--loco", "--loco-seeds", "1", "--student-config", str(student), "--site-config", str(teacher),
+                 "--seeds", "2", "--method-seeds", "multi_teacher_adaptive=1", "--loco", "--loco-seeds", "1", "--student-config", str(student), "--site-config", str(teacher),
                  "--taps", str(tmp_path / "no-taps"), "--threads", "1", "--quiet"])
     assert code == 0
     text = (out / "report.md").read_text(encoding="utf-8")
-    assert "## Students over seeds" in text and "| multi_teacher_adaptive | 2 |" in text
+    assert "## Students over seeds" in text and "| multi_teacher_adaptive | 1 |" in text and "| none | 2 |" in text
+    assert "| model | params |" in text and "ASD mm*" in text
+    assert "### Per centre (mean Dice ± SD over seeds)" in text
+    assert "| multi_teacher_adaptive − none |" in text  # the paper's comparison, paired per case
     assert "## Leave one centre out" in text and "| HK (4) |" in text
+    assert "Paired over every case, each scored by the students that never saw its centre (12 cases)" in text
     report = json.loads((out / "report.json").read_text())
-    assert sorted(report["models"]) == sorted(["none@seed0", "none@seed1", "multi_teacher_adaptive@seed0",
-                                               "multi_teacher_adaptive@seed1", *[k for k in report["models"]
+    assert sorted(report["models"]) == sorted(["none@seed0", "none@seed1", "multi_teacher_adaptive@seed0", *[k for k in report["models"]
                                                                                  if k.startswith("teacher_site_")]])
     assert len([k for k in report["models"] if k.startswith("teacher_site_")]) == 3
+    assert len({r["case"] for r in report["loco_cases"]}) == 12
     assert set(report["loco"]) == {"BMC", "HK", "RUNMC"} and all(len(v["none"]) == 1 for v in report["loco"].values())
     loco_run = json.loads((out / "loco" / "HK" / "multi_teacher_adaptive@seed0" / "run.json").read_text())
     assert not any(c.startswith("HK/") for c in loco_run["data"]["train_cases"] + loco_run["data"]["val_cases"])
     assert len(loco_run["teachers"]) == 2 and all("HK" not in str(t["training_subset"]) for t in loco_run["teachers"])
     assert loco_run["method"]["site_weights"]  # held-out reliability measured on the other centres' validation cases
     assert (out / "dice_per_centre.png").stat().st_size > 0 and (out / "dice_vs_latency.png").stat().st_size > 0
+
+
+def test_compare_real_refuses_a_bad_method_seed_count(tmp_path, capsys):
+    from training.recipes.compare_real import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "x"), "--methods", "none", "--method-seeds", "seed_kd=2"])
+    assert exc.value.code == 2
+    assert "--method-seeds: 'seed_kd=2' must be METHOD=N with METHOD one of --methods" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_compare_real_refuses_an_unknown_loco_centre(tmp_path, capsys):
+    from ProstateKDLib.errors import ConfigError
+    from training.recipes.compare_real import main
+
+    with pytest.raises(ConfigError, match=r"--loco-centres: MARS not among the index's centres \(BIDMC, HK, RUNMC, UCL\)"):
+        main(["--out", str(tmp_path / "x"), "--methods", "none", "--loco", "--loco-centres", "HK,MARS"])
+    assert not (tmp_path / "x").exists()

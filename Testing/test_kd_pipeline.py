@@ -406,11 +406,11 @@ def test_compare_recipe_rejects_unknown_method(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_compare_recipe_default_scale_names_the_bundled_models():
-    """The ``default`` scale exports under the bundled names and on the bundled (phantom) teacher's grid.
+def test_compare_recipe_default_scale_exports_phantom_names():
+    """The phantom ``default`` scale never exports under the bundled (real-data) names.
 
-    The bundled student 0.3.0 is trained on real data by ``student_real.yaml``; the phantom
-    recipe's student keeps the student network of the bundled one.
+    The bundled student and teacher are trained on real PROMISE12 cases (``student_real.yaml``,
+    ``teacher_strong_real.yaml``); the phantom recipe's student keeps the bundled student's network and patch.
     """
     from ProstateKDLib.bundle import resolve_model
     from training.recipes.compare_kd import SCALES, base_config
@@ -418,10 +418,11 @@ def test_compare_recipe_default_scale_names_the_bundled_models():
     scale = SCALES["default"]
     student = base_config(Path("pool.csv"), scale, "student", 2)
     teacher = base_config(Path("pool.csv"), scale, "teacher", 2)
-    assert student["export"]["name"] == "prostatekd-student" and teacher["export"]["name"] == "prostatekd-teacher"
-    bundled_teacher = resolve_model("prostatekd-teacher").meta
-    assert list(bundled_teacher.spacing) == teacher["preprocessing"]["spacing"]
-    assert list(bundled_teacher.patch_size) == teacher["preprocessing"]["patch_size"]
+    assert student["export"]["name"] == "prostatekd-phantom-student"
+    assert teacher["export"]["name"] == "prostatekd-phantom-teacher"
+    assert "phantom" in student["export"]["training_data"].lower()
     bundled = resolve_model("prostatekd-student").meta
     assert list(bundled.patch_size) == student["preprocessing"]["patch_size"]
     assert bundled.network_kwargs["channels"] == student["model"]["kwargs"]["channels"]
+    for name in ("prostatekd-student", "prostatekd-teacher"):
+        assert "PROMISE12" in resolve_model(name).meta.provenance["training_data"], name

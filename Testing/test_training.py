@@ -391,6 +391,7 @@ def test_export_writes_a_loadable_bundle(trained_run, tmp_path):
     assert prov["validation_dice"] == round(best["val_dice"], 4)
     assert prov["parameters"] == sum(p.numel() for p in network.parameters())
     assert prov["checkpoint_epoch"] == best["epoch"] and prov["epochs_trained"] == 2
+    assert prov["training_seed"] == best["config"]["train"]["seed"]
     assert {"date", "git_commit", "software_version"} <= set(prov)
 
     with pytest.raises(OutputError) as error:

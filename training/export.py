@@ -128,6 +128,7 @@ def build_model_json(config: Config, epoch: int, epochs_trained: int, validation
             "date": _dt.date.today().isoformat(),
             "epochs_trained": epochs_trained,
             "checkpoint_epoch": epoch,
+            "training_seed": config.train.seed,
             "git_commit": (git or {}).get("commit"),
             "software_version": f"prostatekd {__version__}",
             "parameters": parameters,

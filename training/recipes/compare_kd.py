@@ -3,7 +3,7 @@
     python training/recipes/compare_kd.py --out runs/compare --scale small   # about 20-25 min, 2 CPU cores
     python training/recipes/compare_kd.py --out /tmp/cmp --scale tiny        # under 2 min (a smoke test)
     python training/recipes/compare_kd.py --out runs/default --scale default --methods none,seed_kd
-        # the bundled default student (seed_kd) and its teacher at the bundle's grid; about 45 min
+        # full-size phantoms on the bundled student's grid (a pipeline check, phantom names); about 45 min
 
 Steps (each a folder under ``--out``; ``--resume`` keeps finished ones):
 
@@ -64,8 +64,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "epochs": 30, "teacher_epochs": 30, "patches_per_volume": 2, "val_fraction": 0.17, "latency_rounds": 3,
         "latency_volume": [320, 320, 24],
     },
-    # The bundled models: full-size phantoms (each site's own matrix and spacing), the
-    # default student's grid and patch; its seed_kd student is exported as the default.
+    # Full-size phantoms (each site's own matrix and spacing) on the bundled student's grid and
+    # patch; exported under phantom names (the bundled models come from real data).
     "default": {
         "sites": ["BMC", "HK", "RUNMC", "UCL"], "cases_per_site": 8, "test_per_site": 2, "size": None,
         "spacing": [0.8, 0.8, 3.0], "patch": [128, 128, 32], "strides": [[2, 2, 1], 2, 2],
@@ -75,20 +75,18 @@ SCALES: dict[str, dict[str, Any]] = {
         "latency_volume": [320, 320, 24],
         "export": {
             "student": {
-                "name": "prostatekd-student", "version": "0.2.0", "license": "Apache-2.0",
-                "description": "Small residual 3D UNet (150k parameters) for whole-gland prostate segmentation "
-                "on T2-weighted MRI, distilled (seed_kd: Dice + Lovasz + KL + feature) from prostatekd-teacher. "
-                "Trained on synthetic phantoms only: a placeholder until students distilled from teachers "
-                "trained on real data replace it.",
+                "name": "prostatekd-phantom-student", "version": "0.2.0", "license": "Apache-2.0",
+                "description": "Small residual 3D UNet (150k parameters), distilled (seed_kd: Dice + Lovasz + KL + "
+                "feature) from prostatekd-phantom-teacher on synthetic phantoms: a pipeline check of the "
+                "procedure, not a model for real MRI (the bundled models are trained on real PROMISE12 cases).",
                 "training_data": "Synthetic T2-like phantoms from ProstateKDLib.phantom (4 simulated sites, "
                 "6 training cases each, recipe compare_kd --scale default); no real patient data. "
                 "Not validated on real MRI.",
             },
             "teacher": {
-                "name": "prostatekd-teacher", "version": "0.2.0", "license": "Apache-2.0",
-                "description": "Residual 3D UNet teacher (1.19M parameters), the full-data teacher of "
-                "prostatekd-student: slower, for comparison and further distillation. Trained on synthetic "
-                "phantoms only; not validated on real MRI.",
+                "name": "prostatekd-phantom-teacher", "version": "0.2.0", "license": "Apache-2.0",
+                "description": "Residual 3D UNet teacher (1.19M parameters) on synthetic phantoms: the full-data "
+                "teacher of the phantom pipeline check; not validated on real MRI.",
                 "training_data": "Synthetic T2-like phantoms from ProstateKDLib.phantom (4 simulated sites, "
                 "6 training cases each, recipe compare_kd --scale default); no real patient data.",
             },

@@ -128,6 +128,18 @@ def site_bundles(folder: Path, keep: list[str] | None = None) -> list[str]:
     return [str(folder / t["bundle"]) for t in listing["teachers"] if keep is None or t["name"] in keep]
 
 
+def procedure_pairs(methods: list[str]) -> list[tuple[str, str]]:
+    """The comparisons the paper's claim is about, among ``methods``: adaptive vs none, vs mean; mean vs none."""
+    wanted = [("multi_teacher_adaptive", "none"), ("multi_teacher_adaptive", "multi_teacher_mean"),
+              ("multi_teacher_mean", "none")]
+    return [(a, b) for a, b in wanted if a in methods and b in methods]
+
+
+def number(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``; ``-`` where a statistic is undefined (too few cases, empty masks)."""
+    return "-" if value is None else format(value, spec)
+
+
 def read_rows(eval_dir: Path) -> list[dict[str, Any]]:
     with open(eval_dir / "per_case.csv", newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
@@ -183,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method-seeds", default="", metavar="METHOD=N,...",
                         help="fewer (or more) seeds for some methods, e.g. seed_kd=1,taps_kd=1 (default: --seeds)")
     parser.add_argument("--loco", action="store_true", help="also leave one centre out (none + multi-teacher)")
+    parser.add_argument("--loco-centres", default="", metavar="A,B",
+                        help="leave out only these centres (default: every centre of the index)")
     parser.add_argument("--loco-seeds", type=int, default=None, help="seeds of the LOCO students (default: --seeds)")
     parser.add_argument("--student-config", default=str(CONFIGS / "student_real.yaml"))
     parser.add_argument("--teacher-config", default=str(CONFIGS / "teacher_strong_real.yaml"),
@@ -212,10 +226,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from ProstateKDLib.errors import OutputError
+    from ProstateKDLib.errors import ConfigError, OutputError
     from training.evaluate import evaluate, select_cases
-    from training.recipes.seed_statistics import seed_table_markdown, summarise_seeds
+    from training.recipes.seed_statistics import (pairwise_markdown, per_site_markdown, seed_table_markdown,
+                                                  summarise_seeds)
 
+    chosen: list[str] = []
+    if args.loco:
+        centres = sorted({c.site for c in select_cases(index=args.index, split="all")})
+        chosen = [c.strip() for c in args.loco_centres.split(",") if c.strip()] or centres
+        if set(chosen) - set(centres):
+            raise ConfigError(f"--loco-centres: {', '.join(sorted(set(chosen) - set(centres)))} not among the "
+                              f"index's centres ({', '.join(centres)})")
     out = Path(args.out).expanduser().absolute()
     if out.is_dir() and any(out.iterdir()) and not args.resume:
         raise OutputError(f"{out} is not empty; use --resume to continue it, or choose a new folder")
@@ -271,39 +293,51 @@ def main(argv: list[str] | None = None) -> int:
     rows = read_rows(out / "eval")
     back = {v: k for k, v in display.items()}
     seed_rows = [{"method": models[back[r["model"]]]["method"], "seed": models[back[r["model"]]]["seed"],
-                  "case": r["case"], "dice": float(r["dice"])} for r in rows
+                  "case": r["case"], "site": r["site"], "dice": float(r["dice"])} for r in rows
                  if r["model"] in back and "seed" in models[back[r["model"]]]]
     baseline = "none" if "none" in methods else methods[0]
     seeds = summarise_seeds(seed_rows, baseline)
     sites = summary["sites"]
     latency = {name: entry["mean_seconds"] for name, entry in summary["models"].items()
                if not Path(entry["bundle"], "teacher.json").is_file()}
-    lines = ["| model | " + " | ".join(sites) + " | all | HD95 mm* | vol. err. %* | CPU s/vol |",
-             "|---|" + "---|" * (len(sites) + 4)]
+    from ProstateKDLib.bundle import resolve_model
+    from ProstateKDLib.networks import count_parameters
+
+    params = {name: count_parameters(resolve_model(entry["bundle"]).build_network())
+              for name, entry in summary["models"].items() if name in latency}
+    lines = ["| model | params | " + " | ".join(sites) + " | all | HD95 mm* | ASD mm* | vol. err. %* | CPU s/vol |",
+             "|---|---:|" + "---:|" * (len(sites) + 5)]
     for name, entry in summary["models"].items():
-        cells = [f"{entry['sites'].get(s, {}).get('dice', {}).get('mean', float('nan')):.3f}" for s in sites]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {entry['overall']['dice']['mean']:.3f} | "
-                     f"{entry['overall']['hd95_mm']['mean']:.1f} | {entry['overall']['volume_error_pct']['mean']:.1f} | "
+        cells = [number(entry['sites'].get(s, {}).get('dice', {}).get('mean'), '.3f') for s in sites]
+        overall = entry["overall"]
+        lines.append(f"| {name} | " + (f"{params[name]:,}" if name in params else "external") + " | "
+                     + " | ".join(cells) + f" | {number(overall['dice']['mean'], '.3f')} ± "
+                     f"{number(overall['dice']['std'], '.3f')} | {number(overall['hd95_mm']['mean'], '.1f')} | "
+                     f"{number(overall['asd_mm']['mean'], '.2f')} | {number(overall['volume_error_pct']['mean'], '.1f')} | "
                      + (f"{latency[name]:.2f}" if name in latency else "cached") + " |")
     text = (f"# compare_real: PROMISE12 test split ({len(cases)} cases, {len(sites)} inferred centres), "
             f"fold {args.fold} of {Path(args.index).name}\n\n" + "\n".join(lines) + "\n\n## Students over seeds\n\n"
             + seed_table_markdown(seeds, baseline)
             + "\n\\* mm and ml use the estimated PROMISE12 spacing; Dice does not. A method is called better only "
-              "when its interval excludes 0.\n")
+              "when its interval excludes 0.\n\n### Per centre (mean Dice ± SD over seeds)\n\n"
+            + per_site_markdown(seed_rows, sites)
+            + (f"\n### Procedure 2 head to head (test split, per-case Dice averaged over seeds)\n\n"
+               + pairwise_markdown(seed_rows, pairs) if (pairs := procedure_pairs(methods)) else ""))
 
     loco: dict[str, Any] = {}
+    loco_rows: list[dict[str, Any]] = []
 
     def write_report() -> None:
         plot(out, summary, sites, latency)
         (out / "report.md").write_text(text, encoding="utf-8")
-        (out / "report.json").write_text(json.dumps({"models": models, "display": display, "seeds": seeds, "loco": loco,
+        (out / "report.json").write_text(json.dumps({"models": models, "display": display, "seeds": seeds, "loco": loco, "loco_cases": loco_rows,
                                                      "timings_s": timings, "recipe_s": time.perf_counter() - started,
                                                      "summary": "eval/summary.json"}, indent=1, default=str) + "\n")
 
     write_report()  # the main comparison is on disk before the (long) LOCO stage starts
     if args.loco:
         everything = select_cases(index=args.index, split="all")
-        for centre in sorted({c.site for c in everything}):
+        for centre in chosen:
             others = sorted({c.site for c in everything} - {centre})
             held = [c for c in everything if c.site == centre]
             loco[centre] = {}
@@ -317,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
                     result = evaluate([str(bundle)], held, out / "loco" / centre / f"eval_{method}@seed{seed}",
                                       device="cpu", progress=False, overwrite=True, num_threads=args.threads)
                     loco[centre].setdefault(method, []).append(next(iter(result["models"].values()))["overall"]["dice"]["mean"])
+                    loco_rows.extend({"method": method, "seed": seed, "case": r["case"], "site": r["site"],
+                                      "dice": float(r["dice"])}
+                                     for r in read_rows(out / "loco" / centre / f"eval_{method}@seed{seed}"))
                     timings_path.write_text(json.dumps(timings, indent=1))
         head = "| left-out centre (cases) | " + " | ".join(LOCO_METHODS) + " |"
         rows_l = [head, "|---|" + "---|" * len(LOCO_METHODS)]
@@ -325,7 +362,10 @@ def main(argv: list[str] | None = None) -> int:
             cells = [f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}" for v in per.values()]
             rows_l.append(f"| {centre} ({n}) | " + " | ".join(cells) + " |")
         text += ("\n## Leave one centre out (students trained on the other centres, last epoch, evaluated on every "
-                 "case of the left-out centre; mean over seeds)\n\n" + "\n".join(rows_l) + "\n")
+                 "case of the left-out centre; mean over seeds)\n\n" + "\n".join(rows_l) + "\n"
+                 f"\nPaired over every case, each scored by the students that never saw its centre "
+                 f"({len({r['case'] for r in loco_rows})} cases):\n\n"
+                 + pairwise_markdown(loco_rows, procedure_pairs(list(LOCO_METHODS))))
     write_report()
     print(text)
     return 0

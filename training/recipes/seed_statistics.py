@@ -89,3 +89,51 @@ def seed_table_markdown(summary: Sequence[Mapping[str, Any]], baseline: str) -> 
         lines.append(f"| {row['method']} | {row['seeds']} | {row['mean']:.3f}{sd} | {d['mean']:+.3f} "
                      f"[{d['low']:+.3f}, {d['high']:+.3f}] (n={d['n']}) | {p} | {verdict} |")
     return "\n".join(lines) + "\n"
+
+
+def case_means(rows: Sequence[Mapping[str, Any]], method: str) -> dict[str, float]:
+    """Per case, ``method``'s Dice averaged over its seeds (NaN values skipped)."""
+    per_case: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        if row["method"] == method and not math.isnan(float(row["dice"])):
+            per_case[row["case"]].append(float(row["dice"]))
+    return {case: float(np.mean(values)) for case, values in per_case.items()}
+
+
+def pairwise_markdown(rows: Sequence[Mapping[str, Any]], pairs: Sequence[tuple[str, str]]) -> str:
+    """A Markdown table of the paired per-case difference ``a - b`` for each ``(a, b)`` of ``pairs``."""
+    lines = ["| comparison | paired difference [95 % bootstrap] | Wilcoxon p | verdict |", "|---|---|---|---|"]
+    for a, b in pairs:
+        d = paired_difference(case_means(rows, a), case_means(rows, b))
+        verdict = ((f"{a} better" if d["mean"] > 0 else f"{b} better") if d["excludes_zero"]
+                   else "no difference shown")
+        p = "" if math.isnan(d["wilcoxon_p"]) else f"{d['wilcoxon_p']:.3f}"
+        lines.append(f"| {a} − {b} | {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] (n={d['n']}) | {p} | "
+                     f"{verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def per_site_markdown(rows: Sequence[Mapping[str, Any]], sites: Sequence[str]) -> str:
+    """Per method and site: mean Dice ± SD over seeds (each seed's mean over that site's cases).
+
+    ``rows`` need ``method``, ``seed``, ``site`` and ``dice``.
+    """
+    per: dict[str, dict[str, dict[Any, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for row in rows:
+        value = float(row["dice"])
+        if not math.isnan(value):
+            per[row["method"]][row["site"]][row["seed"]].append(value)
+            per[row["method"]]["all"][row["seed"]].append(value)
+    lines = ["| method | seeds | " + " | ".join(sites) + " | all |", "|---|---|" + "---|" * (len(sites) + 1)]
+    for method, by_site in per.items():
+        cells = []
+        for site in [*sites, "all"]:
+            means = [float(np.mean(v)) for v in by_site.get(site, {}).values()]
+            if not means:
+                cells.append("-")
+            elif len(means) == 1:
+                cells.append(f"{means[0]:.3f}")
+            else:
+                cells.append(f"{np.mean(means):.3f} ± {np.std(means, ddof=1):.3f}")
+        lines.append(f"| {method} | {len(by_site['all'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
