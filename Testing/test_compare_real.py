@@ -41,7 +41,7 @@ def test_compare_real_trains_evaluates_and_leaves_one_centre_out(tmp_path, capsy
     text = (out / "report.md").read_text(encoding="utf-8")
     assert "## Students over seeds" in text and "| multi_teacher_adaptive | 1 |" in text and "| none | 2 |" in text
     assert "| model | params |" in text and "ASD mm*" in text
-    assert "### Per centre (mean Dice ± SD over seeds)" in text
+    assert "### Per centre (mean Dice ± SD over seeds)" in text and "Validation pick: **" in text
     assert "| multi_teacher_adaptive − none |" in text  # the paper's comparison, paired per case
     assert "## Leave one centre out" in text and "| HK (4) |" in text
     assert "Paired over every case, each scored by the students that never saw its centre (12 cases)" in text

@@ -128,6 +128,28 @@ def site_bundles(folder: Path, keep: list[str] | None = None) -> list[str]:
     return [str(folder / t["bundle"]) for t in listing["teachers"] if keep is None or t["name"] in keep]
 
 
+def validation_markdown(models: dict[str, dict[str, Any]]) -> str:
+    """Per method: validation Dice (best epoch) mean ± SD over seeds, and the pick: the best seed of the best method."""
+    import numpy as np
+
+    per: dict[str, list[tuple[float, str]]] = {}
+    for key, model in models.items():
+        if model.get("validation_dice") is not None:
+            per.setdefault(model["method"], []).append((float(model["validation_dice"]), key))
+    if not per:
+        return "(no validation Dice recorded)\n"
+    lines = ["| method | seeds | validation Dice ± SD over seeds | best seed |", "|---|---|---|---|"]
+    for method, values in per.items():
+        scores = [v for v, _ in values]
+        sd = f" ± {np.std(scores, ddof=1):.3f}" if len(scores) > 1 else ""
+        best = max(values)
+        lines.append(f"| {method} | {len(scores)} | {np.mean(scores):.3f}{sd} | {best[1]} ({best[0]:.3f}) |")
+    method = max(per, key=lambda m: float(np.mean([v for v, _ in per[m]])))
+    pick = max(per[method])
+    return "\n".join(lines) + (f"\n\nValidation pick: **{pick[1]}** (method with the highest mean validation Dice, "
+                                f"then its best seed; validation Dice {pick[0]:.3f}).\n")
+
+
 def procedure_pairs(methods: list[str]) -> list[tuple[str, str]]:
     """The comparisons the paper's claim is about, among ``methods``: adaptive vs none, vs mean; mean vs none."""
     wanted = [("multi_teacher_adaptive", "none"), ("multi_teacher_adaptive", "multi_teacher_mean"),
@@ -277,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             config = method_config(student, method, teacher_dirs.get(METHODS[method][1] or "", []), seed, {},
                                    args.unlabelled)
             bundle = train_and_export(out / "students" / key, config, "best", timings, key, progress)
-            models[key] = {"bundle": str(bundle), "method": method, "seed": seed}
+            validation = json.loads((bundle / "model.json").read_text(encoding="utf-8"))["provenance"]["validation_dice"]
+            models[key] = {"bundle": str(bundle), "method": method, "seed": seed, "validation_dice": validation}
             timings_path.write_text(json.dumps(timings, indent=1))
     for kind in ("strong", "site"):
         for path in teacher_dirs.get(kind, []):
@@ -322,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
               "when its interval excludes 0.\n\n### Per centre (mean Dice ± SD over seeds)\n\n"
             + per_site_markdown(seed_rows, sites)
             + (f"\n### Procedure 2 head to head (test split, per-case Dice averaged over seeds)\n\n"
-               + pairwise_markdown(seed_rows, pairs) if (pairs := procedure_pairs(methods)) else ""))
+               + pairwise_markdown(seed_rows, pairs) if (pairs := procedure_pairs(methods)) else "")
+            + "\n## Validation (the fold's validation cases: where a default is chosen, never on the test split)\n\n"
+            + validation_markdown(models))
 
     loco: dict[str, Any] = {}
     loco_rows: list[dict[str, Any]] = []
