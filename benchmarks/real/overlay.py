@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-COLOURS = ("#ffd400", "#00e5ff", "#ff4fd8", "#7CFC00", "#ff7f0e")
+COLOURS = ("#ffd400", "#00e5ff", "#ff4fd8", "#7CFC00", "#ff7f0e", "#ff3030", "#b07cff", "#ffffff")
 
 
 def gland_slices(mask: np.ndarray, count: int = 3) -> list[int]:
@@ -37,6 +37,8 @@ def overlay_png(image: Any, masks: Mapping[str, Any], path: Path, title: str, sl
 
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     arrays = {k: sitk.GetArrayFromImage(m) > 0 for k, m in masks.items()}
+    if len(arrays) > len(COLOURS):
+        raise ValueError(f"overlay: at most {len(COLOURS)} masks per figure, got {len(arrays)}")
     key = reference or next(iter(arrays))
     chosen = list(slices) if slices is not None else gland_slices(arrays[key])
     low, high = np.percentile(array, [1, 99.5])
@@ -50,9 +52,11 @@ def overlay_png(image: Any, masks: Mapping[str, Any], path: Path, title: str, sl
         ax.set_title(f"slice {z}", fontsize=9)
         ax.axis("off")
     handles = [Line2D([0], [0], color=c, lw=2, label=label) for c, label in zip(COLOURS, arrays)]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+    columns = min(len(handles), 4)  # more models wrap onto further legend rows instead of running off the page
+    rows = -(-len(handles) // columns)
+    fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=9, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

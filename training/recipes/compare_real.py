@@ -167,39 +167,71 @@ def read_rows(eval_dir: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(handle))
 
 
-def plot(out: Path, summary: dict[str, Any], sites: list[str], latency: dict[str, float]) -> None:
-    """``dice_per_centre.png`` (one group per centre + all) and ``dice_vs_latency.png``."""
+def plot_groups(summary: dict[str, Any], models: dict[str, dict[str, Any]], display: dict[str, str],
+                sites: list[str], latency: dict[str, float]) -> list[dict[str, Any]]:
+    """One entry per student method (mean and SD over its seeds) and per other model (teachers, TAPS).
+
+    Each: ``label``, ``dice`` (site -> (mean, sd)), ``all`` (mean, sd) and ``seconds`` (None for cached).
+    """
+    import numpy as np
+
+    members: dict[str, list[str]] = {}
+    for key, model in models.items():
+        label = model["method"] if "seed" in model else key.replace("teacher_site_", "teacher ").replace(
+            "teacher_strong_", "strong teacher ")
+        members.setdefault(label, []).append(display[key])
+    members.update({name: [name] for name in summary["models"] if name not in display.values()})
+    groups = []
+    for label, names in members.items():
+        entries = [summary["models"][n] for n in names]
+
+        def spread(values: list[float | None]) -> tuple[float, float]:
+            finite = [v for v in values if v is not None]
+            if not finite:
+                return float("nan"), 0.0
+            return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+
+        groups.append({
+            "label": label + (f" ({len(names)} seeds)" if len(names) > 1 else ""),
+            "dice": {s: spread([e["sites"].get(s, {}).get("dice", {}).get("mean") for e in entries]) for s in sites},
+            "all": spread([e["overall"]["dice"]["mean"] for e in entries]),
+            "seconds": float(np.mean([latency[n] for n in names])) if all(n in latency for n in names) else None,
+        })
+    return groups
+
+
+def plot(out: Path, groups: list[dict[str, Any]], sites: list[str]) -> None:
+    """``dice_per_centre.png`` (bars: methods over seeds with SD, teachers, TAPS) and ``dice_vs_latency.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = list(summary["models"])
-    groups = [*sites, "all"]
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * max(1, len(names)) / 3), 4))
-    width = 0.8 / max(1, len(names))
-    for i, name in enumerate(names):
-        entry = summary["models"][name]
-        values = [entry["sites"].get(s, {}).get("dice", {}).get("mean") for s in sites]
-        values.append(entry["overall"]["dice"]["mean"])
-        ax.bar(np.arange(len(groups)) + i * width, [np.nan if v is None else v for v in values], width, label=name)
-    ax.set_xticks(np.arange(len(groups)) + width * (len(names) - 1) / 2, groups)
+    columns = [*sites, "all"]
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(groups), 2)))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    width = 0.84 / max(1, len(groups))
+    for i, group in enumerate(groups):
+        values = [group["dice"][s] for s in sites] + [group["all"]]
+        ax.bar(np.arange(len(columns)) + i * width, [v[0] for v in values], width, yerr=[v[1] for v in values],
+               capsize=1.5, label=group["label"], color=colours[i])
+    ax.set_xticks(np.arange(len(columns)) + width * (len(groups) - 1) / 2, columns)
     ax.set_ylabel("mean Dice (test split)")
     ax.set_ylim(0, 1)
-    ax.set_title("Dice per inferred centre, PROMISE12 test split")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("Dice per inferred centre, PROMISE12 test split (error bars: SD over seeds)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out / "dice_per_centre.png", dpi=120)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in names:
-        if name in latency:
-            ax.scatter(latency[name], summary["models"][name]["overall"]["dice"]["mean"], label=name)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for i, group in enumerate(g for g in groups if g["seconds"] is not None):
+        ax.errorbar(group["seconds"], group["all"][0], yerr=group["all"][1], fmt="o", capsize=2,
+                    color=colours[groups.index(group)], label=group["label"])
     ax.set_xlabel("CPU seconds per volume (in-process, this run)")
     ax.set_ylabel("mean Dice (test split)")
-    ax.set_title("Dice vs CPU latency")
-    ax.legend(fontsize=7)
+    ax.set_title("Dice vs CPU latency (models run here; cached TAPS has no time)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out / "dice_vs_latency.png", dpi=120)
     plt.close(fig)
@@ -353,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     loco_rows: list[dict[str, Any]] = []
 
     def write_report() -> None:
-        plot(out, summary, sites, latency)
+        plot(out, plot_groups(summary, models, display, sites, latency), sites)
         (out / "report.md").write_text(text, encoding="utf-8")
         (out / "report.json").write_text(json.dumps({"models": models, "display": display, "seeds": seeds, "loco": loco, "loco_cases": loco_rows,
                                                      "timings_s": timings, "recipe_s": time.perf_counter() - started,
