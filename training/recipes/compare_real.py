@@ -167,6 +167,16 @@ def read_rows(eval_dir: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(handle))
 
 
+def spread(values: list[float | None]) -> tuple[float, float]:
+    """Mean and sample SD (0 for one value) of the defined ``values``; ``(nan, 0)`` when there is none."""
+    import numpy as np
+
+    finite = [v for v in values if v is not None]
+    if not finite:
+        return float("nan"), 0.0
+    return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+
+
 def plot_groups(summary: dict[str, Any], models: dict[str, dict[str, Any]], display: dict[str, str],
                 sites: list[str], latency: dict[str, float]) -> list[dict[str, Any]]:
     """One entry per student method (mean and SD over its seeds) and per other model (teachers, TAPS).
@@ -184,13 +194,6 @@ def plot_groups(summary: dict[str, Any], models: dict[str, dict[str, Any]], disp
     groups = []
     for label, names in members.items():
         entries = [summary["models"][n] for n in names]
-
-        def spread(values: list[float | None]) -> tuple[float, float]:
-            finite = [v for v in values if v is not None]
-            if not finite:
-                return float("nan"), 0.0
-            return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
-
         groups.append({
             "label": label + (f" ({len(names)} seeds)" if len(names) > 1 else ""),
             "dice": {s: spread([e["sites"].get(s, {}).get("dice", {}).get("mean") for e in entries]) for s in sites},
@@ -286,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
                                                   summarise_seeds)
 
     chosen: list[str] = []
+    everything = select_cases(index=args.index, split="all") if args.loco else []
     if args.loco:
-        centres = sorted({c.site for c in select_cases(index=args.index, split="all")})
+        centres = sorted({c.site for c in everything})
         chosen = [c.strip() for c in args.loco_centres.split(",") if c.strip()] or centres
         if set(chosen) - set(centres):
             raise ConfigError(f"--loco-centres: {', '.join(sorted(set(chosen) - set(centres)))} not among the "
@@ -393,7 +397,6 @@ def main(argv: list[str] | None = None) -> int:
 
     write_report()  # the main comparison is on disk before the (long) LOCO stage starts
     if args.loco:
-        everything = select_cases(index=args.index, split="all")
         for centre in chosen:
             others = sorted({c.site for c in everything} - {centre})
             held = [c for c in everything if c.site == centre]

@@ -53,14 +53,11 @@ def summarise_seeds(rows: Sequence[Mapping[str, Any]], baseline: str) -> list[di
     seed-averaged per-case Dice against the baseline's.
     """
     per_seed: dict[str, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
-    per_case: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         value = float(row["dice"])
-        if math.isnan(value):
-            continue
-        per_seed[row["method"]][row["seed"]].append(value)
-        per_case[row["method"]][row["case"]].append(value)
-    case_means = {m: {c: float(np.mean(v)) for c, v in cases.items()} for m, cases in per_case.items()}
+        if not math.isnan(value):
+            per_seed[row["method"]][row["seed"]].append(value)
+    baseline_cases = case_means(rows, baseline) if baseline in per_seed else None
     out = []
     for method in per_seed:
         seed_means = [float(np.mean(v)) for v in per_seed[method].values()]
@@ -68,8 +65,8 @@ def summarise_seeds(rows: Sequence[Mapping[str, Any]], baseline: str) -> list[di
             "method": method, "seeds": len(seed_means), "mean": float(np.mean(seed_means)),
             "sd": float(np.std(seed_means, ddof=1)) if len(seed_means) > 1 else float("nan"),
         }
-        if method != baseline and baseline in case_means:
-            record["diff"] = paired_difference(case_means[method], case_means[baseline])
+        if method != baseline and baseline_cases is not None:
+            record["diff"] = paired_difference(case_means(rows, method), baseline_cases)
         out.append(record)
     return out
 
