@@ -9,7 +9,8 @@
 Stages (each a folder under ``--out``; ``--resume`` keeps finished ones):
 
 1. ``teacher_strong/``: one strong teacher on the index fold's training cases
-   (``--teacher-config``, ``train-teacher --subsets all``); ``teachers_site/``: limit-trained
+   (``--teacher-config``, ``train-teacher --subsets all``; or ``--strong-teacher BUNDLE``, one an
+   earlier run exported, e.g. the bundled ``prostatekd-teacher``); ``teachers_site/``: limit-trained
    teachers, one per (inferred) centre, each on that centre's training cases (``--site-config``).
    Only the teachers a chosen method needs are trained.
 2. ``students/<method>@seed<k>/``: the same student (``--student-config``) and epoch budget for
@@ -258,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student-config", default=str(CONFIGS / "student_real.yaml"))
     parser.add_argument("--teacher-config", default=str(CONFIGS / "teacher_strong_real.yaml"),
                         help="the strong teacher's config (trained on every training case)")
+    parser.add_argument("--strong-teacher", default=None, metavar="BUNDLE",
+                        help="use this strong-teacher bundle (e.g. one an earlier run exported) instead of "
+                             "training teacher_strong/; it must have been trained on the fold's training cases")
     parser.add_argument("--site-config", default=str(CONFIGS / "teacher_site_real.yaml"))
     parser.add_argument("--taps", default=str(ROOT / "training/teacher_caches/taps_promise12"))
     parser.add_argument("--unlabelled", default=str(ROOT.parent / "shared/data/promise12_unlabelled"))
@@ -296,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         if set(chosen) - set(centres):
             raise ConfigError(f"--loco-centres: {', '.join(sorted(set(chosen) - set(centres)))} not among the "
                               f"index's centres ({', '.join(centres)})")
+    strong_bundle = None
+    if args.strong_teacher:
+        from ProstateKDLib.bundle import resolve_model
+
+        strong_bundle = resolve_model(args.strong_teacher)  # a BundleError here: before anything is written
     out = Path(args.out).expanduser().absolute()
     if out.is_dir() and any(out.iterdir()) and not args.resume:
         raise OutputError(f"{out} is not empty; use --resume to continue it, or choose a new folder")
@@ -318,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sources = {METHODS[m][1] for m in methods} | ({"site"} if args.loco else set())
     teacher_dirs: dict[str, list[str]] = {}
-    if "strong" in sources:
+    if "strong" in sources and strong_bundle is not None:
+        teacher_dirs["strong"] = [str(strong_bundle.path.absolute())]
+    elif "strong" in sources:
         folder = teachers_of(out, "teacher_strong", teacher_base(args.teacher_config), "all", timings, progress)
         teacher_dirs["strong"] = site_bundles(folder)
     if "site" in sources:
@@ -340,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
             timings_path.write_text(json.dumps(timings, indent=1))
     for kind in ("strong", "site"):
         for path in teacher_dirs.get(kind, []):
-            models[f"teacher_{kind}_{Path(path).parent.name}"] = {"bundle": path, "method": f"teacher ({kind})"}
+            name = Path(path).name if (kind == "strong" and strong_bundle is not None) else Path(path).parent.name
+            models[f"teacher_{kind}_{name}"] = {"bundle": path, "method": f"teacher ({kind})"}
 
     print("== evaluation on the test split", flush=True)
     cases = select_cases(index=args.index, split="test")
