@@ -75,3 +75,34 @@ def test_compare_real_refuses_an_unknown_loco_centre(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"--loco-centres: MARS not among the index's centres \(BIDMC, HK, RUNMC, UCL\)"):
         main(["--out", str(tmp_path / "x"), "--methods", "none", "--loco", "--loco-centres", "HK,MARS"])
     assert not (tmp_path / "x").exists()
+
+
+def test_compare_real_reuses_an_exported_strong_teacher(tmp_path):
+    from ProstateKDLib.phantom import write_phantom_dataset
+    from training.prepare import prepare_index
+    from training.recipes.compare_real import main
+
+    write_phantom_dataset(tmp_path / "data", cases_per_site=3, sites=["BMC", "HK"], size=(48, 48, 12))
+    prepare_index(tmp_path / "data", tmp_path / "index.json", folds=1, test_fraction=0.34, val_fraction=0.34,
+                  progress=False)
+    student, _ = tiny_configs(tmp_path)
+    common = ["--index", str(tmp_path / "index.json"), "--seeds", "1", "--student-config", str(student),
+              "--taps", str(tmp_path / "no-taps"), "--threads", "1", "--quiet"]
+    assert main(["--out", str(tmp_path / "first"), "--methods", "none", *common]) == 0
+    teacher = tmp_path / "first" / "students" / "none@seed0" / "bundle"
+    assert main(["--out", str(tmp_path / "second"), "--methods", "logit_kd", "--strong-teacher", str(teacher),
+                 *common]) == 0
+    assert not (tmp_path / "second" / "teacher_strong").exists()  # nothing trained for the teacher
+    run = json.loads((tmp_path / "second" / "students" / "logit_kd@seed0" / "run.json").read_text())
+    assert [Path(t["path"]).resolve() for t in run["teachers"]] == [teacher.resolve()]
+    report = json.loads((tmp_path / "second" / "report.json").read_text())
+    assert report["models"]["teacher_strong_bundle"]["bundle"] == str(teacher.resolve())
+
+
+def test_compare_real_refuses_a_missing_strong_teacher(tmp_path):
+    from ProstateKDLib.errors import BundleError
+    from training.recipes.compare_real import main
+
+    with pytest.raises(BundleError):
+        main(["--out", str(tmp_path / "x"), "--methods", "seed_kd", "--strong-teacher", str(tmp_path / "nothing")])
+    assert not (tmp_path / "x").exists()
