@@ -386,7 +386,7 @@ def test_export_writes_a_loadable_bundle(trained_run, tmp_path):
     assert meta.labels[0].name == "Prostate" and meta.labels[0].terminology["type"][1] == "41216001"
     prov = meta.provenance
     assert "synthetic phantoms" in prov["training_data"]
-    assert prov["method"] == "distiller 'none' (supervised student, no distillation); loss 1*dice + 1*ce"
+    assert prov["method"] == "distiller 'none' (supervised training, no distillation); loss 1*dice + 1*ce"
     assert prov["teachers"] == []
     assert prov["validation_dice"] == round(best["val_dice"], 4)
     assert prov["parameters"] == sum(p.numel() for p in network.parameters())

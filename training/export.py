@@ -42,7 +42,7 @@ def describe_method(config: Config) -> str:
     """One line naming the distiller, its weighted loss terms and its options (e.g. ``temperature=2``)."""
     record = method_record(config)
     losses = " + ".join(f"{w:g}*{name}" for name, w in record["weights"].items())
-    kind = "supervised student, no distillation" if config.distiller.name == "none" else "knowledge distillation"
+    kind = "supervised training, no distillation" if config.distiller.name == "none" else "knowledge distillation"
     options = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in record["options"].items() if v is not None)
     return f"distiller '{config.distiller.name}' ({kind}); loss {losses}" + (f"; {options}" if options else "")
