@@ -97,6 +97,19 @@ def test_compare_real_reuses_an_exported_strong_teacher(tmp_path):
     assert [Path(t["path"]).resolve() for t in run["teachers"]] == [teacher.resolve()]
     report = json.loads((tmp_path / "second" / "report.json").read_text())
     assert report["models"]["teacher_strong_bundle"]["bundle"] == str(teacher.resolve())
+    log = (tmp_path / "second" / "students" / "logit_kd@seed0" / "log.csv").read_text().splitlines()
+    seconds = sum(float(line.split(",")[-1]) for line in log[1:])
+    assert report["timings_s"]["logit_kd@seed0"] == pytest.approx(seconds)  # the logged epochs, resume-safe
+
+
+def test_logged_seconds_sums_every_log_of_a_folder(tmp_path):
+    from training.recipes.compare_real import logged_seconds
+
+    assert logged_seconds(tmp_path, 7.5) == 7.5  # nothing logged yet
+    for site, rows in {"A": ["1,0.5,10.0", "2,0.4,12.5"], "B": ["1,0.6,3.0"]}.items():
+        (tmp_path / site).mkdir()
+        (tmp_path / site / "log.csv").write_text("epoch,loss,seconds\n" + "\n".join(rows) + "\n")
+    assert logged_seconds(tmp_path, 7.5) == pytest.approx(25.5)
 
 
 def test_compare_real_refuses_a_missing_strong_teacher(tmp_path):

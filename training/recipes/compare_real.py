@@ -28,6 +28,8 @@ Stages (each a folder under ``--out``; ``--resume`` keeps finished ones):
    evaluate``: Dice per centre, HD95/ASD/volume error (estimated spacing: a caveat), parameters,
    CPU seconds per volume (in-process, this run); students as mean ± SD over seeds with the paired
    per-case difference to ``none`` and its bootstrap interval (``seed_statistics``); the LOCO table.
+   ``timings.json``: each training's logged epoch seconds (training + validation, summed over
+   resumed sessions).
 """
 
 from __future__ import annotations
@@ -88,6 +90,16 @@ def method_config(base: dict[str, Any], method: str, teachers: list[str], seed: 
     return data
 
 
+def logged_seconds(folder: Path, fallback: float) -> float:
+    """Seconds of every epoch logged in the ``log.csv`` files under ``folder`` (training plus validation,
+    summed over resumed sessions); ``fallback`` when nothing is logged."""
+    total = 0.0
+    for log in folder.rglob("log.csv"):
+        with log.open(newline="", encoding="utf-8") as handle:
+            total += sum(float(row["seconds"]) for row in csv.DictReader(handle) if row.get("seconds"))
+    return total or fallback
+
+
 def train_and_export(folder: Path, config: dict[str, Any], checkpoint: str, timings: dict[str, float],
                      key: str, progress: bool) -> Path:
     """Train ``config`` into ``folder`` (resuming a stopped run), export ``folder/bundle``; the bundle path."""
@@ -103,7 +115,7 @@ def train_and_export(folder: Path, config: dict[str, Any], checkpoint: str, timi
     train(config_from_dict(config, f"{key}.yaml"), folder, resume=(folder / "checkpoint_last.pt").is_file(),
           progress=progress)
     export_run(folder, bundle, checkpoint=checkpoint, overwrite=True)
-    timings[key] = time.perf_counter() - start
+    timings[key] = logged_seconds(folder, time.perf_counter() - start)
     return bundle
 
 
@@ -119,7 +131,7 @@ def teachers_of(out: Path, kind: str, config: dict[str, Any], subsets: str, timi
         start = time.perf_counter()
         train_teachers(config_from_dict(config, f"{kind}.yaml"), folder, subsets=subsets,
                        resume=folder.exists(), progress=progress)
-        timings[kind] = time.perf_counter() - start
+        timings[kind] = logged_seconds(folder, time.perf_counter() - start)
     return folder
 
 
