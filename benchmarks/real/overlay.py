@@ -43,21 +43,22 @@ def overlay_png(image: Any, masks: Mapping[str, Any], path: Path, title: str, sl
     chosen = list(slices) if slices is not None else gland_slices(arrays[key])
     low, high = np.percentile(array, [1, 99.5])
     sx, sy = image.GetSpacing()[:2]
-    fig, axes = plt.subplots(1, len(chosen), figsize=(4 * len(chosen), 4.4), squeeze=False)
+    # a dark page: every contour colour (white and yellow included) stays visible in the legend too
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4 * len(chosen), 4.4), squeeze=False, facecolor="black")
     for ax, z in zip(axes[0], chosen):
         ax.imshow(array[z], cmap="gray", vmin=low, vmax=high, aspect=sy / sx, interpolation="nearest")
         for colour, (label, m) in zip(COLOURS, arrays.items()):
             if m[z].any():
                 ax.contour(m[z].astype(float), levels=[0.5], colors=[colour], linewidths=1.2)
-        ax.set_title(f"slice {z}", fontsize=9)
+        ax.set_title(f"slice {z}", fontsize=9, color="white")
         ax.axis("off")
     handles = [Line2D([0], [0], color=c, lw=2, label=label) for c, label in zip(COLOURS, arrays)]
     columns = min(len(handles), 4)  # more models wrap onto further legend rows instead of running off the page
     rows = -(-len(handles) // columns)
-    fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=9, frameon=False)
-    fig.suptitle(title, fontsize=10)
+    fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=9, frameon=False, labelcolor="white")
+    fig.suptitle(title, fontsize=10, color="white")
     fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, facecolor=fig.get_facecolor())
     plt.close(fig)
     return path
