@@ -24,7 +24,12 @@ def test_default_model_is_the_bundled_student(monkeypatch):
     assert "PROMISE12 (Litjens et al." in provenance["training_data"]
     assert "CC BY 4.0" in provenance["training_data"]
     assert "test cases of the index were not used" in provenance["training_data"]
-    assert provenance["training_cases"] == 23 and provenance["teachers"] == []
+    assert provenance["training_cases"] == 23
+    # distilled from the bundled strong teacher, which ships beside it and says the same of its own data
+    assert [(t["name"], t["version"]) for t in provenance["teachers"]] == [("prostatekd-teacher", "0.3.0")]
+    teacher = resolve_model("prostatekd-teacher")
+    assert teacher.meta.version == "0.3.0" and teacher.path.parent == bundled_models_dir()
+    assert "PROMISE12 (Litjens et al." in teacher.meta.provenance["training_data"]
     assert bundle.meta.license == "CC-BY-4.0"
     bundle.build_network()  # weights match the network
 

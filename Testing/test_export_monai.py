@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from training.cli import main
 from ProstateKDLib.errors import OutputError
+from ProstateKDLib.bundle import resolve_model
 from training.export_monai import export_monai_bundle
 
 from conftest import assert_same_geometry
@@ -36,7 +37,8 @@ def test_monai_bundle_run_reproduces_segment(tmp_path: Path, capsys: pytest.Capt
         "configs/inference.json", "configs/metadata.json", "docs/README.md", "models/model.pt"
     ]
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
-    assert (metadata["name"], metadata["version"], metadata["license"]) == ("prostatekd-student", "0.3.0",
+    shipped = resolve_model("prostatekd-student").meta
+    assert (metadata["name"], metadata["version"], metadata["license"]) == ("prostatekd-student", shipped.version,
                                                                             "CC-BY-4.0")
     assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "Prostate"}
     images = tmp_path / "images"
