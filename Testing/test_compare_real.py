@@ -100,6 +100,13 @@ def test_compare_real_reuses_an_exported_strong_teacher(tmp_path):
     log = (tmp_path / "second" / "students" / "logit_kd@seed0" / "log.csv").read_text().splitlines()
     seconds = sum(float(line.split(",")[-1]) for line in log[1:])
     assert report["timings_s"]["logit_kd@seed0"] == pytest.approx(seconds)  # the logged epochs, resume-safe
+    for png in ("dice_per_centre.png", "dice_vs_latency.png"):
+        (tmp_path / "second" / png).unlink()
+    assert main(["--out", str(tmp_path / "second"), "--replot"]) == 0  # from report.json + eval/summary.json alone
+    assert (tmp_path / "second" / "dice_vs_latency.png").stat().st_size > 0
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "first" / "students"), "--replot"])
+    assert exc.value.code == 2
 
 
 def test_logged_seconds_sums_every_log_of_a_folder(tmp_path):
