@@ -53,13 +53,17 @@ def test_monai_bundle_run_reproduces_segment(tmp_path: Path, capsys: pytest.Capt
     assert result.returncode == 0, result.stderr[-2000:]
     monai_mask = sitk.ReadImage(str(tmp_path / "masks" / "case_seg.nii.gz"))
     assert_same_geometry(monai_mask, sitk.ReadImage(str(SAMPLE)), tol=1e-4)
-    for extra, expected_dice in (([], 0.99), (["--no-largest-component"], 1.0)):
+    theirs = sitk.GetArrayFromImage(monai_mask) > 0
+    masks = {}
+    for extra in ([], ["--no-largest-component"]):
         out = tmp_path / f"segment{len(extra)}.nii.gz"
         assert main(["segment", str(SAMPLE), str(out), "--device", "cpu", "-q", *extra]) == 0
-        ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
-        theirs = sitk.GetArrayFromImage(monai_mask) > 0
-        assert ours.sum() > 1000
-        assert dice(ours, theirs) >= expected_dice - 1e-9
+        masks[len(extra)] = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
+        assert masks[len(extra)].sum() > 1000
+    # without post-processing both paths give the same voxels; the largest-component step (not in the MONAI
+    # bundle: DIFFERENCES) only removes voxels, so our default mask lies inside theirs
+    assert dice(masks[1], theirs) >= 1.0 - 1e-9
+    assert not np.logical_and(masks[0], ~theirs).any()
 
 
 def test_monai_export_refuses_to_replace_without_overwrite(tmp_path: Path) -> None:
