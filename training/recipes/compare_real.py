@@ -261,12 +261,17 @@ def plot(out: Path, groups: list[dict[str, Any]], sites: list[str]) -> None:
     plt.close(fig)
 
 
+def run_latency(summary: dict[str, Any], display: dict[str, str]) -> dict[str, float]:
+    """Mean in-process seconds per volume of the models this run segmented (not the cached TAPS maps)."""
+    run_here = set(display.values())
+    return {name: entry["mean_seconds"] for name, entry in summary["models"].items() if name in run_here}
+
+
 def replot(out: Path) -> None:
     """Redraw the plots of a finished ``out`` folder from its ``report.json`` and ``eval/summary.json``."""
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     summary = json.loads((out / "eval" / "summary.json").read_text(encoding="utf-8"))
-    run_here = set(report["display"].values())  # the rest (TAPS) was read from a cache: no latency
-    latency = {name: entry["mean_seconds"] for name, entry in summary["models"].items() if name in run_here}
+    latency = run_latency(summary, report["display"])
     plot(out, plot_groups(summary, report["models"], report["display"], summary["sites"], latency), summary["sites"])
 
 
@@ -404,8 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = "none" if "none" in methods else methods[0]
     seeds = summarise_seeds(seed_rows, baseline)
     sites = summary["sites"]
-    latency = {name: entry["mean_seconds"] for name, entry in summary["models"].items()
-               if not Path(entry["bundle"], "teacher.json").is_file()}
+    latency = run_latency(summary, display)
     from ProstateKDLib.bundle import resolve_model
     from ProstateKDLib.networks import count_parameters
 
