@@ -60,11 +60,11 @@ def test_monai_bundle_run_reproduces_segment(tmp_path: Path, capsys: pytest.Capt
         assert main(["segment", str(SAMPLE), str(out), "--device", "cpu", "-q", *extra]) == 0
         masks[len(extra)] = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
         assert masks[len(extra)].sum() > 1000
-    # without post-processing both paths give the same voxels; the largest-component step (not in the MONAI
-    # bundle: DIFFERENCES) only removes voxels, so our default mask lies inside theirs
-    assert dice(masks[1], theirs) >= 1.0 - 1e-9
-    assert not np.logical_and(masks[0], ~theirs).any()
-
+    # the bundle keeps the largest component as ProstateKD does (MONAI's KeepLargestConnectedComponentd): the
+    # same voxels as our default; on this sample that step removes a second blob, so the check can fail
+    assert np.array_equal(masks[0], theirs)
+    assert masks[1].sum() > masks[0].sum()
+    assert metadata["required_packages_version"]["scikit-image"] != "not installed"
 
 def test_monai_export_refuses_to_replace_without_overwrite(tmp_path: Path) -> None:
     target = tmp_path / "b"

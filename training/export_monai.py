@@ -15,9 +15,10 @@ Run it on every ``*.nii.gz`` of a folder::
 ``inference.json`` reproduces ``prostatekd segment``: LoadImage + Orientation to the
 model's axis codes + Spacing to its voxel size (bilinear, border padding), percentile
 clipping + z-score, sliding-window inference with gaussian blending and replicate
-padding, softmax, the inverse of the spatial transforms (Invertd) and the argmax.
-Differences (:data:`DIFFERENCES`): no largest-connected-component step (MONAI's needs
-scikit-image; ProstateKD uses scipy), percentiles of all voxels instead of a 200k-voxel
+padding, softmax, the inverse of the spatial transforms (Invertd), the argmax and, where
+the bundle asks for it, MONAI's KeepLargestConnectedComponentd (full connectivity, as
+ProstateKD's; it needs scikit-image, listed in ``required_packages_version``).
+Differences (:data:`DIFFERENCES`): percentiles of all voxels instead of a 200k-voxel
 subsample, and no plausibility warnings.
 """
 
@@ -36,8 +37,6 @@ from ProstateKDLib.errors import BundleError, OutputError
 __all__ = ["DIFFERENCES", "export_monai_bundle", "monai_inference_config", "monai_network_def"]
 
 DIFFERENCES = (
-    "no largest-connected-component post-processing (MONAI's KeepLargestConnectedComponent needs "
-    "scikit-image; add it to 'postprocessing' when installed)",
     "clipping percentiles from every voxel (ProstateKD: a regular sub-sample of about 200k voxels)",
     "no plausibility warnings (gland volume range, empty mask, mask touching the border)",
     "the argmax of all classes after inversion (ProstateKD thresholds the resampled foreground at 0.5: "
@@ -90,6 +89,10 @@ def monai_inference_config(meta: Any) -> dict[str, Any]:
             intensity.append({"_target_": "ClipIntensityPercentilesd", "keys": "image",
                               "lower": float(clip[0]), "upper": float(clip[1])})
         intensity.append({"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": False})
+    # every foreground label keeps its largest 3D component, 26-connected like keep_largest_component
+    largest = [{"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "is_onehot": False,
+                "independent": True, "applied_labels": [label.value for label in meta.labels],
+                "connectivity": 3}] if meta.largest_component else []
     return {
         "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
         "bundle_root": ".",
@@ -131,6 +134,7 @@ def monai_inference_config(meta: Any) -> dict[str, Any]:
                 {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
                  "nearest_interp": False, "to_tensor": True},
                 {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                *largest,
                 {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
                  "output_ext": ".nii.gz", "output_dtype": "$numpy.uint8", "resample": False,
                  "separate_folder": False, "print_log": False},
@@ -162,7 +166,10 @@ def monai_metadata(meta: Any) -> dict[str, Any]:
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": numpy.__version__,
-        "required_packages_version": {"nibabel": _version("nibabel")},
+        "required_packages_version": {
+            "nibabel": _version("nibabel"),
+            **({"scikit-image": _version("scikit-image")} if meta.largest_component else {}),
+        },
         "name": meta.name,
         "task": "whole-gland prostate segmentation on T2-weighted MRI",
         "description": meta.description,
