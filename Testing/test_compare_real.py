@@ -96,7 +96,9 @@ def test_compare_real_reuses_an_exported_strong_teacher(tmp_path):
     run = json.loads((tmp_path / "second" / "students" / "logit_kd@seed0" / "run.json").read_text())
     assert [Path(t["path"]).resolve() for t in run["teachers"]] == [teacher.resolve()]
     report = json.loads((tmp_path / "second" / "report.json").read_text())
-    assert report["models"]["teacher_strong_bundle"]["bundle"] == str(teacher.resolve())
+    reused = json.loads((teacher / "model.json").read_text())
+    key = f"teacher_strong_{reused['name']}-{reused['version']}"  # the bundle's name, not its folder's ('bundle')
+    assert report["models"][key]["bundle"] == str(teacher.resolve())
     log = (tmp_path / "second" / "students" / "logit_kd@seed0" / "log.csv").read_text().splitlines()
     seconds = sum(float(line.split(",")[-1]) for line in log[1:])
     assert report["timings_s"]["logit_kd@seed0"] == pytest.approx(seconds)  # the logged epochs, resume-safe

@@ -391,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
             timings_path.write_text(json.dumps(timings, indent=1))
     for kind in ("strong", "site"):
         for path in teacher_dirs.get(kind, []):
-            name = Path(path).name if (kind == "strong" and strong_bundle is not None) else Path(path).parent.name
+            # a reused strong teacher is named by its bundle (name-version: a train-teacher export sits in 'bundle/')
+            name = (f"{strong_bundle.meta.name}-{strong_bundle.meta.version}"
+                    if (kind == "strong" and strong_bundle is not None) else Path(path).parent.name)
             models[f"teacher_{kind}_{name}"] = {"bundle": path, "method": f"teacher ({kind})"}
 
     print("== evaluation on the test split", flush=True)
