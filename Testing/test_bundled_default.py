@@ -26,9 +26,11 @@ def test_default_model_is_the_bundled_student(monkeypatch):
     assert "test cases of the index were not used" in provenance["training_data"]
     assert provenance["training_cases"] == 23
     # distilled from the bundled strong teacher, which ships beside it and says the same of its own data
-    assert [(t["name"], t["version"]) for t in provenance["teachers"]] == [("prostatekd-teacher", "0.3.0")]
     teacher = resolve_model("prostatekd-teacher")
-    assert teacher.meta.version == "0.3.0" and teacher.path.parent == bundled_models_dir()
+    assert teacher.path.parent == bundled_models_dir()
+    assert [(t["name"], t["version"], t["path"]) for t in provenance["teachers"]] == [
+        ("prostatekd-teacher", teacher.meta.version, "Resources/Models/prostatekd-teacher")]
+    assert provenance["teachers"][0]["validation_dice"] == teacher.meta.provenance["validation_dice"]
     assert "PROMISE12 (Litjens et al." in teacher.meta.provenance["training_data"]
     assert bundle.meta.license == "CC-BY-4.0"
     bundle.build_network()  # weights match the network
@@ -48,3 +50,18 @@ def test_main_job_segments_the_sample(tmp_path, capsys, monkeypatch):
     # a real test-split case the student never saw, against its expert mask: the shipped model is the trained one
     assert dice >= 0.80, dice
     assert abs(summary["volume_ml"] - float(b.sum()) * np.prod(truth.GetSpacing()) / 1000) < 5
+
+
+def test_the_recipe_in_the_repository_is_the_bundled_students():
+    """training/configs/student_seed_kd_real.yaml names the bundled student's version, seed and method."""
+    import yaml
+
+    recipe = yaml.safe_load((resources_dir().parent / "training" / "configs" / "student_seed_kd_real.yaml").read_text())
+    meta = resolve_model("prostatekd-student").meta
+    assert (recipe["export"]["name"], recipe["export"]["version"]) == (meta.name, meta.version)
+    assert recipe["train"]["seed"] == meta.provenance["training_seed"]
+    assert recipe["distiller"]["name"] == meta.provenance["distillation"]["distiller"]
+    assert recipe["train"]["epochs"] == meta.provenance["epochs_trained"]
+    assert recipe["teachers"] == ["Resources/Models/prostatekd-teacher"]
+    teacher = resolve_model("prostatekd-teacher").meta
+    assert f"prostatekd-teacher {teacher.version}" in meta.description  # says which teacher it came from
